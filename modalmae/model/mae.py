@@ -1,0 +1,157 @@
+"""The modality-agnostic masked autoencoder (MAE, He et al. 2022; Audio-MAE; VideoMAE).
+
+- ``Encoder``: a tokenizer and a ViT that runs on the *visible* tokens only.
+- ``Decoder``: a lighter ViT over the encoded visible tokens plus a learned mask token at each
+  position to predict, every token carrying a decoder-width position; a linear head to patches.
+- ``MaskedAutoencoder``: both, and the loss on masked tokens only.
+
+The decoder is handed the positions to predict (``ids_predict``, all masked tokens by default),
+so a decoder that sees only part of the masked tokens (VideoMAE V2's decoder masking) needs no
+other change. Attention is permutation-equivariant, so the decoder works on the
+``[visible, predicted]`` order directly instead of un-shuffling to the grid as MAE does; local
+attention, which does depend on the layout, is masked by grid coordinates instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from modalmae.masking import Masks
+from modalmae.model.config import MAEConfig
+from modalmae.model.loss import masked_mse
+from modalmae.model.transformer import Transformer, init_weights, window_attention_mask
+from modalmae.tokenizers.base import Tokens
+from modalmae.tokenizers.positions import grid_coordinates
+
+
+def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
+    """x [B, L, C], ids [B, K] -> [B, K, C]."""
+    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class Encoder(nn.Module):
+    """Tokenizer + transformer. ``forward`` gives features of every token (no masking)."""
+
+    def __init__(self, tokenizer: nn.Module, config: MAEConfig) -> None:
+        super().__init__()
+        if tokenizer.embed_dim != config.encoder_dim:
+            raise ValueError(
+                f"tokenizer embed_dim {tokenizer.embed_dim} != encoder width {config.encoder_dim}; "
+                f"build the tokenizer with embed_dim={config.encoder_dim}"
+            )
+        self.tokenizer = tokenizer
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.encoder_dim)) if config.cls_token else None
+        self.transformer = Transformer(
+            config.encoder_dim, depth=config.encoder_depth, num_heads=config.encoder_heads, mlp_ratio=config.mlp_ratio
+        )
+        init_weights(self.transformer)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0 if self.cls_token is None else 1
+
+    def encode(self, embeddings: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """[B, L, D] embeddings (positions added) -> [B, prefix + Lk, D] for the kept tokens."""
+        x = embeddings if ids_keep is None else gather_tokens(embeddings, ids_keep)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.transformer(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Inputs of the tokenizer's modality -> [B, prefix + L, D] features."""
+        return self.encode(self.tokenizer(x).embeddings)
+
+    def pooled(self, x: Tensor, *, pool: str = "mean") -> Tensor:
+        """[B, D] clip embedding: mean over patch tokens, or the CLS token."""
+        feats = self(x)
+        if pool == "cls":
+            if self.cls_token is None:
+                raise ValueError("this encoder has no CLS token; use pool='mean'")
+            return feats[:, 0]
+        return feats[:, self.num_prefix_tokens :].mean(dim=1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, tokenizer: nn.Module, config: MAEConfig) -> None:
+        super().__init__()
+        dim = config.decoder_dim
+        self.embed = nn.Linear(config.encoder_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.positions = tokenizer.decoder_positions(dim)
+        self.transformer = Transformer(
+            dim, depth=config.decoder_depth, num_heads=config.decoder_heads, mlp_ratio=config.mlp_ratio
+        )
+        self.head = nn.Linear(dim, tokenizer.patch_dim)
+        self.window = config.decoder_window
+        if self.window is not None:
+            if tokenizer.grid is None or len(tokenizer.grid) != len(self.window):
+                raise ValueError(f"decoder_window {self.window} needs a token grid of the same rank")
+            self.register_buffer("grid_coords", grid_coordinates(tuple(tokenizer.grid)), persistent=False)
+            self.shift = config.decoder_shift or tuple(w // 2 for w in self.window)
+        init_weights(self)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def _window_masks(self, ids: Tensor, num_prefix: int) -> list[Tensor]:
+        coords = self.grid_coords[ids]  # [B, N, n_axes]
+        if num_prefix:
+            outside = coords.new_full((ids.shape[0], num_prefix, coords.shape[-1]), -1)
+            coords = torch.cat([outside, coords], dim=1)
+        no_shift = tuple(0 for _ in self.window)
+        masks = [window_attention_mask(coords, window=self.window, shift=s) for s in (no_shift, self.shift)]
+        # Swin alternates plain and shifted windows, block by block.
+        return [masks[i % 2] for i in range(len(self.transformer.blocks))]
+
+    def forward(self, latent: Tensor, tokens: Tokens, *, ids_keep: Tensor, ids_predict: Tensor, num_prefix: int) -> Tensor:
+        """latent [B, prefix + Lk, De] -> predictions [B, Lp, P] at ``ids_predict``."""
+        x = self.embed(latent)
+        pos = self.positions(tokens).expand(x.shape[0], -1, -1)  # [B, L, Dd]
+        prefix, visible = x[:, :num_prefix], x[:, num_prefix:] + gather_tokens(pos, ids_keep)
+        queries = self.mask_token + gather_tokens(pos, ids_predict)  # [B, Lp, Dd]
+        x = torch.cat([prefix, visible, queries], dim=1)
+        attn_masks = None
+        if self.window is not None:
+            attn_masks = self._window_masks(torch.cat([ids_keep, ids_predict], dim=1), num_prefix)
+        x = self.transformer(x, attn_masks)
+        return self.head(x[:, -ids_predict.shape[1] :])
+
+
+@dataclass
+class MAEOutput:
+    loss: Tensor  # scalar
+    pred: Tensor  # [B, L, P] predictions at predicted positions, zeros elsewhere
+    target: Tensor  # [B, L, P] the loss targets (per-patch normalized when norm_pix_loss)
+    mask: Tensor  # [B, L] 1 = masked
+    loss_mask: Tensor  # [B, L] 1 = counted in the loss (masked and predicted)
+
+
+class MaskedAutoencoder(nn.Module):
+    def __init__(self, tokenizer: nn.Module, config: MAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(tokenizer, config)
+        self.decoder = Decoder(tokenizer, config)
+
+    @property
+    def tokenizer(self) -> nn.Module:
+        return self.encoder.tokenizer
+
+    def forward(self, x: Tensor, masks: Masks, *, ids_predict: Tensor | None = None) -> MAEOutput:
+        """Encode the visible tokens, predict ``ids_predict`` (default: every masked token)."""
+        ids_predict = masks.ids_masked if ids_predict is None else ids_predict
+        tokens = self.tokenizer(x)
+        latent = self.encoder.encode(tokens.embeddings, masks.ids_keep)
+        pred = self.decoder(
+            latent, tokens, ids_keep=masks.ids_keep, ids_predict=ids_predict, num_prefix=self.encoder.num_prefix_tokens
+        )
+        index = ids_predict[..., None].expand(-1, -1, pred.shape[-1])
+        pred_full = torch.zeros_like(tokens.targets, dtype=pred.dtype).scatter(1, index, pred)
+        predicted = torch.zeros_like(masks.mask).scatter(1, ids_predict, 1.0)
+        loss_mask = predicted * masks.mask
+        loss, target = masked_mse(pred_full, tokens.targets, loss_mask, norm_pix=self.config.norm_pix_loss)
+        return MAEOutput(loss=loss, pred=pred_full, target=target, mask=masks.mask, loss_mask=loss_mask)

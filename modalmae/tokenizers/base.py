@@ -1,0 +1,27 @@
+"""What every tokenizer gives the model, and the few things it must provide.
+
+A tokenizer turns a batch of one modality into tokens. It is an ``nn.Module`` built from plain
+keyword arguments and usable on its own (``SpectrogramPatches(embed_dim=768)(fbank)``). The
+masked autoencoder relies only on this contract:
+
+- ``tokenizer(x) -> Tokens``: embeddings [B, L, D] with positions already added, the
+  reconstruction targets [B, L, P], and optional per-token coordinates;
+- ``tokenizer.embed_dim`` (D), ``tokenizer.patch_dim`` (P), ``tokenizer.num_tokens`` (L);
+- ``tokenizer.grid``: the token grid shape for grid tokenizers (enables local attention), or None;
+- ``tokenizer.decoder_positions(dim) -> nn.Module`` mapping ``Tokens`` to [B or 1, L, dim];
+- ``tokenizer.patchify`` / ``tokenizer.unpatchify`` between inputs and [B, L, P];
+- ``tokenizer.config() -> dict``: the keyword arguments that rebuild it (saved with checkpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class Tokens:
+    embeddings: Tensor  # [B, L, D] patch embeddings + positions
+    targets: Tensor  # [B, L, P] raw patches the decoder reconstructs
+    coords: Tensor | None = None  # [B, L, c] per-sample coordinates (e.g. point-group centres)

@@ -1,0 +1,32 @@
+"""Shared test fixtures: paths to the real media shipped in tests/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+AUDIO = DATA / "audio"
+REPO = Path(__file__).parent.parent
+
+# Two cores: keep torch from oversubscribing when pytest and loader workers share them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def audio_dir() -> Path:
+    return AUDIO
+
+
+def load_script(relative: str):
+    """Import a CLI script (pipelines/*.py, recipes/*.py) as a module, to call its main(argv)."""
+    import importlib.util
+
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
