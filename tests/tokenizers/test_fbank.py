@@ -1,0 +1,102 @@
+"""Parity of our Kaldi fbank with torchaudio's (reference values in tests/data/reference/),
+and the resampler and front-end built on it."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import AUDIO, DATA
+from modalmae.tokenizers.fbank import AudioFrontend, kaldi_fbank, resample
+
+STEMS = ["arctic_a0007", "sense_and_sensibility_01_austen_64kb-0870"]
+
+
+def speech(stem):
+    wave, sr = sf.read(AUDIO / f"{stem}.wav", dtype="float32", always_2d=True)
+    return torch.from_numpy(wave[:, 0].copy()), sr
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_matches_torchaudio_kaldi_fbank_on_real_speech(stem):
+    wave, sr = speech(stem)
+    ours = kaldi_fbank(wave - wave.mean(), sample_rate=sr).numpy()
+    ref = np.load(DATA / "reference" / f"fbank_{stem}.npy")
+    assert ours.shape == ref.shape
+    diff = np.abs(ours - ref).max()
+    assert diff < 1e-2, f"max abs difference {diff:.2e}"
+
+
+def test_batched_equals_single():
+    wave, sr = speech(STEMS[0])
+    a, b = wave[:32000], wave[16000:48000]
+    batched = kaldi_fbank(torch.stack([a, b]), sample_rate=sr)
+    assert torch.allclose(batched[0], kaldi_fbank(a, sample_rate=sr), atol=1e-5)
+    assert torch.allclose(batched[1], kaldi_fbank(b, sample_rate=sr), atol=1e-5)
+    assert batched.shape == (2, 1 + (32000 - 400) // 160, 128)
+
+
+def test_too_short_waveform_names_the_length_needed():
+    with pytest.raises(ValueError, match="needs 400"):
+        kaldi_fbank(torch.zeros(399), sample_rate=16000)
+
+
+def sine(freq, rate, n):
+    return torch.sin(2 * math.pi * freq * torch.arange(n, dtype=torch.float64) / rate).float()
+
+
+def test_resample_keeps_a_tone():
+    y = resample(sine(1000, 48000, 48000), orig_freq=48000, new_freq=16000)
+    assert y.shape == (16000,)
+    assert (y[200:-200] - sine(1000, 16000, 16000)[200:-200]).abs().max() < 1e-2
+    up = resample(sine(440, 16000, 8000), orig_freq=16000, new_freq=44100)
+    assert up.shape == (math.ceil(8000 * 44100 / 16000),)
+    assert (up[500:-500] - sine(440, 44100, up.shape[0])[500:-500]).abs().max() < 1e-2
+
+
+def test_resample_identity_round_trip_and_scipy():
+    wave, sr = speech(STEMS[0])
+    assert resample(wave, orig_freq=sr, new_freq=sr) is wave
+    tones = sine(300, 16000, 16000) + 0.5 * sine(1200, 16000, 16000) + 0.25 * sine(5000, 16000, 16000)
+    back = resample(resample(tones, orig_freq=16000, new_freq=48000), orig_freq=48000, new_freq=16000)
+    assert back.shape == tones.shape
+    assert (back[400:-400] - tones[400:-400]).abs().max() < 1e-2
+    signal = pytest.importorskip("scipy.signal")
+    # a different low-pass design (Kaiser) agrees inside the pass band
+    tones48 = sine(300, 48000, 48000) + 0.5 * sine(1200, 48000, 48000) + 0.25 * sine(5000, 48000, 48000)
+    ref = torch.from_numpy(signal.resample_poly(tones48.numpy(), 1, 3).astype(np.float32))
+    ours = resample(tones48, orig_freq=48000, new_freq=16000)
+    assert ours.shape == ref.shape
+    assert (ours[100:-100] - ref[100:-100]).abs().max() < 1e-2
+
+
+def test_frontend_pads_short_and_crops_long_clips():
+    fe = AudioFrontend()
+    assert fe.num_samples() == 164080
+    wave, sr = speech(STEMS[0])  # 4 s: padded
+    short = fe(wave, sr)
+    assert short.shape == (1024, 128)
+    frames = 1 + (wave.shape[0] - 400) // 160
+    pad = (0.0 - fe.mean) / (2 * fe.std)
+    assert torch.allclose(short[frames:], torch.full_like(short[frames:], pad))
+    assert not torch.allclose(short[frames - 1], torch.full((128,), pad))
+    long = fe(wave.repeat(4), sr)  # 16 s: cropped to the first 1024 frames
+    assert long.shape == (1024, 128)
+    ref = (kaldi_fbank(wave.repeat(4) - wave.repeat(4).mean(), sample_rate=sr)[:1024] - fe.mean) / (2 * fe.std)
+    assert torch.allclose(long, ref, atol=1e-5)
+
+
+def test_frontend_resamples_and_mixes_down():
+    fe = AudioFrontend(num_frames=128)
+    wave, sr = sf.read(AUDIO / "Front_Center.wav", dtype="float32", always_2d=True)
+    assert sr == 48000
+    mono = torch.from_numpy(wave[:, 0].copy())
+    out = fe(mono, sr)
+    assert out.shape == (128, 128)
+    direct = fe(resample(mono, orig_freq=48000, new_freq=16000), 16000)
+    assert torch.allclose(out, direct, atol=1e-5)
+    stereo = torch.stack([mono, 0.5 * mono])
+    assert torch.allclose(fe(stereo, sr), fe(0.75 * mono, sr), atol=1e-5)
+    assert AudioFrontend(**fe.config()).config() == fe.config()
