@@ -1,0 +1,90 @@
+"""Save and load trained models as a folder: ``model.safetensors`` + ``config.json``.
+
+``config.json`` holds everything needed to rebuild the module before the weights go in: the
+tokenizer's class name and keyword arguments, the ``MAEConfig``, and free-form ``extra``
+entries (the audio recipe stores its ``AudioFrontend`` settings there, so features can be
+computed exactly as in training). Loading never unpickles anything.
+
+    from modalmae.checkpoint import load_encoder
+    encoder, cfg = load_encoder("runs/audio_mae/model")
+    feats = encoder.pooled(fbank)  # [B, D]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from modalmae import __version__
+from modalmae.model import Encoder, MAEConfig, MaskedAutoencoder
+from modalmae.tokenizers.spectrogram import SpectrogramPatches
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+# Tokenizers a checkpoint may name; listed explicitly (nothing registers itself on import).
+TOKENIZERS: dict[str, type[nn.Module]] = {"SpectrogramPatches": SpectrogramPatches}
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_pretrained(model: MaskedAutoencoder, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
+    """Write the model's weights and the config that rebuilds it; returns the folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = model.tokenizer
+    config = {
+        "modalmae_version": __version__,
+        "tokenizer": {"class": type(tokenizer).__name__, "config": tokenizer.config()},
+        "model": model.config.to_dict(),
+        "extra": extra or {},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected a folder written by save_pretrained")
+    return json.loads(path.read_text())
+
+
+def load_pretrained(directory: str | os.PathLike, *, map_location: str = "cpu") -> tuple[MaskedAutoencoder, dict]:
+    """Rebuild the masked autoencoder saved in ``directory``; returns (model, config dict)."""
+    config = read_config(directory)
+    name = config["tokenizer"]["class"]
+    if name not in TOKENIZERS:
+        raise ValueError(f"{directory}: unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
+    tokenizer = TOKENIZERS[name](**config["tokenizer"]["config"])
+    model = MaskedAutoencoder(tokenizer, MAEConfig.from_dict(config["model"]))
+    state = load_file(str(Path(directory) / WEIGHTS_NAME), device=map_location)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), config
+
+
+def load_encoder(directory: str | os.PathLike, *, map_location: str = "cpu") -> tuple[Encoder, dict]:
+    """The encoder alone (with its tokenizer), for feature extraction."""
+    model, config = load_pretrained(directory, map_location=map_location)
+    return model.encoder, config
+
+
+def state_digest(module: nn.Module) -> str:
+    """A short hash of every parameter and buffer: equal digests mean identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

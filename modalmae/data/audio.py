@@ -1,0 +1,60 @@
+"""Audio samples from shards: decode the bytes, crop a random window, compute the fbank.
+
+Only the samples a window needs are decoded: soundfile seeks inside the in-memory file (wav,
+flac, ogg, mp3) to a random start and reads ``AudioFrontend.num_samples()`` samples (scaled for
+the file's own rate when it is resampled afterwards). Audio-MAE's AudioSet clips are 10 s, so it
+takes the first 1024 frames; on longer recordings a random window is the natural extension.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from modalmae.data.schema import AUDIO_FORMATS
+from modalmae.tokenizers.fbank import AudioFrontend
+
+
+def audio_field(sample: dict) -> str:
+    for fmt in AUDIO_FORMATS:
+        if fmt in sample:
+            return fmt
+    raise ValueError(f"no audio entry (one of {', '.join(AUDIO_FORMATS)}) among {sorted(k for k in sample if not k.startswith('__'))}")
+
+
+def read_window(data: bytes, *, seconds: float, rng: random.Random | None) -> tuple[np.ndarray, int]:
+    """Decode ``seconds`` of audio from a random start (or the start, when rng is None).
+
+    Returns float32 [channels, samples] and the file's sample rate. Shorter files come back
+    whole; the frontend pads them.
+    """
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        want = math.ceil(seconds * f.samplerate)
+        start = 0
+        if rng is not None and f.frames > want:
+            start = rng.randrange(f.frames - want + 1)
+            f.seek(start)
+        wave = f.read(min(want, f.frames - start), dtype="float32", always_2d=True)
+        if wave.shape[0] == 0:
+            raise ValueError("no audio samples decoded")
+        return wave.T, f.samplerate
+
+
+class AudioDecoder:
+    """Raw shard sample -> {"fbank": [T, F], "label": str | None}; picklable for workers."""
+
+    def __init__(self, frontend: AudioFrontend, *, random_crop: bool = True) -> None:
+        self.frontend = frontend
+        self.random_crop = random_crop
+        self.seconds = frontend.num_samples() / frontend.sample_rate
+
+    def __call__(self, sample: dict, rng: random.Random) -> dict:
+        wave, sr = read_window(sample[audio_field(sample)], seconds=self.seconds, rng=rng if self.random_crop else None)
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        return {"fbank": self.frontend(torch.from_numpy(wave), sr), "label": meta.get("label")}

@@ -1,0 +1,61 @@
+"""The one place that documents what is written to shards and what a batch holds.
+
+Shards (written by ``pipelines/build_shards.py``)
+-------------------------------------------------
+A shard is a plain POSIX tar ``shard-000000.tar`` holding WebDataset samples: all files of one
+sample share a key (the file name up to its first dot) and sit next to each other.
+
+Audio sample (modality ``"audio"``)::
+
+    <key>.<fmt>   the audio bytes; <fmt> is one of AUDIO_FORMATS. The original file's bytes, or
+                  (``--transcode``, or for containers such as mp4) a FLAC of the audio track.
+    <key>.json    {"source": relative path of the raw file,
+                   "format": <fmt>, "sample_rate": int, "channels": int, "frames": int,
+                   "duration": seconds (float),
+                   "label": str (only when labels were given: CSV or parent folder)}
+
+Keys are derived from the relative source path (``sample_key``), so rebuilding the same folder
+gives the same keys in the same order.
+
+``manifest.json`` next to the shards::
+
+    {"format_version": 1, "modality": "audio", "num_samples": int, "total_bytes": int,
+     "shards": [{"name": "shard-000000.tar", "num_samples": int, "bytes": int}, ...],
+     "skipped": [{"path": relative path, "reason": str}, ...],
+     "options": {the build options}, "created_by": "modalmae <version>"}
+
+Batches (produced by ``modalmae.data``)
+---------------------------------------
+Audio (``AudioShardDataset`` + ``collate``)::
+
+    "fbank"        float32 [B, T, F]  normalized log-mel filterbank (T frames, F mel bins)
+    "__key__"      list[str]          sample keys
+    "__url__"      list[str]          the shard each sample came from
+    "__epoch__"    list[int]          the pass over the shards the sample belongs to
+    "label"        list[str | None]   label from the sample json, None when absent
+    "num_skipped"  int                corrupt samples the producing worker skipped since its
+                                      previous batch (summed into the training metrics)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_PATTERN = "shard-{index:06d}.tar"
+AUDIO_FORMATS = ("flac", "wav", "ogg", "mp3", "opus")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def sample_key(relative_path: str) -> str:
+    """Deterministic WebDataset key for a source file: readable stem + hash of the full path.
+
+    WebDataset splits keys at the first dot of a member name, so dots and slashes are replaced;
+    the hash keeps two paths that sanitize alike (``a/b.wav`` and ``a_b.wav``) distinct.
+    """
+    stem = _UNSAFE.sub("_", relative_path.rsplit(".", 1)[0]).strip("_")[-80:] or "sample"
+    digest = hashlib.sha1(relative_path.encode("utf-8")).hexdigest()[:8]
+    return f"{stem}-{digest}"

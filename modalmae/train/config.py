@@ -1,0 +1,72 @@
+"""Recipe configuration: a dataclass whose fields become CLI flags.
+
+Each field's ``help`` metadata is its flag's help text; ``--batch-size`` comes from
+``batch_size``. Booleans get ``--flag / --no-flag``. The resolved config is written to
+``<output>/config.json`` so every run records exactly what it ran with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+
+def arg(default, help: str, **kw):  # noqa: A002 - mirrors argparse's name
+    """A dataclass field carrying its CLI help text (and optional argparse choices)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class PretrainConfig:
+    """Flags shared by every pretraining recipe."""
+
+    shards: str = arg(None, "shards to train on: a folder from build_shards.py, its manifest.json, or a brace pattern such as 'shards/x/shard-{000000..000009}.tar'", required=True)
+    output: str = arg("runs/mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/ (the final encoder + tokenizer), reconstruction.png")
+    model: str = arg("base", "model size preset", choices=("tiny", "small", "base", "large"))
+    batch_size: int = arg(8, "samples per process per micro-batch")
+    grad_accum: int = arg(1, "micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)")
+    max_steps: int = arg(1000, "optimizer steps to train for (the cosine schedule ends here)")
+    lr: float = arg(None, "peak learning rate; default: --blr x effective batch / 256 (MAE's scaling rule)")
+    blr: float = arg(1.5e-4, "base learning rate for an effective batch of 256, used when --lr is not given")
+    min_lr: float = arg(0.0, "learning rate at the end of the cosine decay")
+    warmup_steps: int = arg(100, "linear warm-up steps from 0 to the peak learning rate (capped at max-steps / 2)")
+    weight_decay: float = arg(0.05, "AdamW weight decay (not applied to biases, norms and tokens)")
+    clip_grad: float = arg(0.0, "clip the gradient norm to this value (0 = no clipping, as in MAE)")
+    mask_ratio: float = arg(0.75, "fraction of tokens masked in every sample")
+    norm_pix_loss: bool = arg(True, "normalize each target patch by its own mean and std before the MSE")
+    mixed_precision: str = arg("no", "autocast precision (bf16 works on recent CPUs and GPUs)", choices=("no", "bf16", "fp16"))
+    workers: int = arg(2, "DataLoader worker processes per training process (at most one per shard of that process)")
+    shuffle_buffer: int = arg(256, "samples held in each worker's shuffle buffer")
+    seed: int = arg(0, "seed for shard order, crops, masks and initialisation")
+    log_every: int = arg(10, "write a metrics.jsonl line every N steps")
+    save_every: int = arg(500, "save a resumable checkpoint (Accelerate save_state) every N steps")
+    keep_checkpoints: int = arg(2, "resumable checkpoints kept in <output>/checkpoints (oldest removed first)")
+    resume: str = arg(None, "continue from a checkpoint folder, or 'latest' for the newest in <output>/checkpoints")
+    progress: bool = arg(True, "show a progress bar")
+
+
+def build_parser(cls: type, *, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help", None)
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        if typing.get_origin(kind) is typing.Union:  # Optional[X]
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        parser.add_argument(flag, type=kind, default=f.default, help=help_text, **meta)
+    return parser
+
+
+def parse_config(cls: type, argv: list[str] | None = None, *, description: str | None = None):
+    """Parse ``argv`` (default: sys.argv[1:]) into an instance of the config dataclass ``cls``."""
+    args = build_parser(cls, description=description).parse_args(argv)
+    return cls(**vars(args))

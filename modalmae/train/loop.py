@@ -1,0 +1,188 @@
+"""The pretraining loop every recipe shares, on Hugging Face Accelerate.
+
+One process or many, CPU or GPU: Accelerate wraps the model (DDP, FSDP, ...) and the optimizer.
+The data loader is deliberately *not* passed to ``accelerator.prepare``: our ``ShardStream``
+already gives each rank its own shards (see ``modalmae.data.shards``), and Accelerate would
+otherwise dispatch batches from rank 0 or make every rank read everything.
+
+Resuming restores model, optimizer, LR schedule and RNG states (Accelerate ``save_state``) and
+the step count. The data stream is not rewound to the exact sample: a resumed run reseeds it
+from the step it restarts at, so it does not replay the first run's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modalmae.checkpoint import save_pretrained, state_digest
+from modalmae.masking import Masks
+from modalmae.model import MaskedAutoencoder
+
+CHECKPOINTS = "checkpoints"
+STATE_NAME = "trainer_state.json"
+
+
+@dataclass
+class PretrainResult:
+    model: MaskedAutoencoder  # unwrapped, on the training device
+    last_batch: dict  # the last batch seen, for pictures
+    step: int
+    output: Path
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier of optimizer step ``step`` (0-based): linear warm-up reaching 1 at step
+    ``warmup - 1``, then half a cosine down to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """MAE's split: no weight decay on biases, norms, and learned tokens (1-D / size-1 tensors)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith("token") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def find_resume(cfg, output: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        found = sorted((output / CHECKPOINTS).glob("step_*"))
+        return found[-1] if found else None
+    path = Path(cfg.resume)
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(f"--resume {path}: not a checkpoint folder (no {STATE_NAME})")
+    return path
+
+
+def pretrain(
+    cfg,
+    *,
+    accelerator: Accelerator,
+    model: MaskedAutoencoder,
+    make_loader: Callable[[int], DataLoader],
+    masking: Callable[[int, torch.Generator], Masks],
+    input_key: str,
+    save_extra: dict | None = None,
+) -> PretrainResult:
+    """Train ``model`` for ``cfg.max_steps`` optimizer steps; ``make_loader(seed)`` builds the data."""
+    output = Path(cfg.output)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    effective_batch = cfg.batch_size * cfg.grad_accum * world
+    lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
+    warmup = min(cfg.warmup_steps, cfg.max_steps // 2)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        resolved = {**dataclasses.asdict(cfg), "resolved_lr": lr, "effective_batch": effective_batch, "world_size": world}
+        (output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr / lr if lr else 0.0)
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: Accelerate would step the schedule once per process on every step.
+    accelerator.register_for_checkpointing(schedule)
+
+    start_step, resume = 0, find_resume(cfg, output)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        start_step = json.loads((resume / STATE_NAME).read_text())["step"]
+        accelerator.print(f"resumed from {resume} at step {start_step}")
+    set_seed(cfg.seed + start_step, device_specific=True)
+    loader = make_loader(cfg.seed + start_step)
+    batches = iter(loader)
+    generator = torch.Generator()
+
+    def save_checkpoint(step: int) -> None:
+        folder = output / CHECKPOINTS / f"step_{step:07d}"
+        accelerator.save_state(str(folder))
+        if accelerator.is_main_process:
+            (folder / STATE_NAME).write_text(json.dumps({"step": step}) + "\n")
+            for old in sorted((output / CHECKPOINTS).glob("step_*"))[: -cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    shards_read: dict[int, set[str]] = {}  # epoch -> shards this rank read in it
+    samples_seen, skipped_total, window_loss, window_steps = 0, 0, 0.0, 0
+    metrics = open(output / "metrics.jsonl", "a") if accelerator.is_main_process else None
+    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process), desc="pretrain")
+    tick, batch = time.perf_counter(), {}
+    model.train()
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        # Masks come from a CPU generator reseeded per step: reproducible on any device and
+        # after a resume, different on every rank.
+        generator.manual_seed((cfg.seed * 1_000_003 + step) * 1009 + rank)
+        for _ in range(cfg.grad_accum):
+            batch = next(batches)
+            x = batch[input_key].to(accelerator.device, non_blocking=True)
+            masks = masking(x.shape[0], generator).to(accelerator.device)
+            with accelerator.accumulate(model):
+                out = model(x, masks)
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and cfg.clip_grad > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad()
+            window_loss += out.loss.item() / cfg.grad_accum
+            for epoch, url in zip(batch["__epoch__"], batch["__url__"]):
+                shards_read.setdefault(epoch, set()).add(url)
+            samples_seen += x.shape[0]
+            skipped_total += batch.get("num_skipped", 0)
+        lr_used = schedule.get_last_lr()[0]
+        schedule.step()
+        window_steps += 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            stats = torch.tensor([window_loss / window_steps, skipped_total], device=accelerator.device, dtype=torch.float64)
+            stats = accelerator.reduce(stats, reduction="sum")
+            elapsed = time.perf_counter() - tick
+            record = {
+                "step": step,
+                "loss": stats[0].item() / world,
+                "lr": lr_used,
+                "samples_per_s": window_steps * effective_batch / elapsed,
+                "epoch": step * effective_batch / loader.dataset.shards.num_samples if loader.dataset.shards.num_samples else None,
+                "skipped": int(stats[1].item()),
+            }
+            if metrics is not None:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            window_loss, window_steps, tick = 0.0, 0, time.perf_counter()
+        if step % cfg.save_every == 0 and step != cfg.max_steps:
+            save_checkpoint(step)
+    bar.close()
+    if not batch:  # resumed at the end already: still hand back a batch for pictures
+        batch = next(batches)
+
+    final_step = max(start_step, cfg.max_steps)
+    save_checkpoint(final_step)
+    unwrapped = accelerator.unwrap_model(model)
+    record = {"rank": rank, "shards_read": {e: sorted(u) for e, u in sorted(shards_read.items())}, "samples_seen": samples_seen, "skipped": skipped_total, "weights_digest": state_digest(unwrapped)}
+    (output / "ranks").mkdir(parents=True, exist_ok=True)
+    (output / "ranks" / f"rank{rank}.json").write_text(json.dumps(record, indent=2) + "\n")
+    if accelerator.is_main_process:
+        save_pretrained(unwrapped, output / "model", extra=save_extra)
+        metrics.close()
+    accelerator.wait_for_everyone()
+    return PretrainResult(model=unwrapped, last_batch=batch, step=final_step, output=output)

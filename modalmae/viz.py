@@ -1,0 +1,63 @@
+"""Pictures of what the model reconstructs: input, masked input, reconstruction.
+
+Modality-agnostic up to the last step: the panels are computed in patch space with the
+tokenizer's ``patchify`` / ``unpatchify``, and a per-modality function draws them. As in MAE's
+demo, the reconstruction shows the visible patches as they were and the predicted patches,
+de-normalized with each target patch's own mean and std when the loss used ``norm_pix_loss``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from modalmae.masking import Masks
+from modalmae.model import MaskedAutoencoder
+
+
+@torch.no_grad()
+def reconstruction_panels(model: MaskedAutoencoder, x: Tensor, masks: Masks) -> dict[str, Tensor]:
+    """x: a batch of inputs -> {"input", "masked", "reconstruction"} in input space, on CPU."""
+    was_training = model.training
+    model.eval()
+    out = model(x, masks)
+    model.train(was_training)
+    patches = model.tokenizer.patchify(x)  # [B, L, P]
+    pred = out.pred
+    if model.config.norm_pix_loss:
+        mean = patches.mean(dim=-1, keepdim=True)
+        std = (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+        pred = pred * std + mean
+    hidden = masks.mask[..., None].bool()  # [B, L, 1]
+    fill = patches.min()  # masked patches are drawn at the darkest value
+    panels = {
+        "input": patches,
+        "masked": torch.where(hidden, fill, patches),
+        "reconstruction": torch.where(hidden, pred.to(patches.dtype), patches),
+    }
+    return {k: model.tokenizer.unpatchify(v).float().cpu() for k, v in panels.items()}
+
+
+def save_spectrogram_figure(panels: dict[str, Tensor], path: str | Path, *, title: str = "", index: int = 0) -> Path:
+    """Three stacked spectrograms [T, F] (time on x, mel bins on y) of sample ``index``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.4 * len(panels)), sharex=True)
+    vmin, vmax = panels["input"][index].min().item(), panels["input"][index].max().item()
+    for ax, (name, spec) in zip(axes, panels.items()):
+        ax.imshow(spec[index].T, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_ylabel(f"{name}\nmel bin")
+    axes[-1].set_xlabel("frame (10 ms)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
