@@ -1,0 +1,1 @@
+"""The shard builder behind pipelines/build_shards.py."""

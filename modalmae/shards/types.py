@@ -1,0 +1,17 @@
+"""What a modality's ``prepare`` returns for one source file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Sample:
+    files: dict[str, bytes]  # extension -> bytes (the sample's json is added by the builder)
+    meta: dict = field(default_factory=dict)  # goes into <key>.json
+
+
+@dataclass
+class Skip:
+    path: str  # relative to the input folder
+    reason: str
