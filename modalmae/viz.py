@@ -51,7 +51,7 @@ def save_spectrogram_figure(panels: dict[str, Tensor], path: str | Path, *, titl
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.4 * len(panels)), sharex=True)
     vmin, vmax = panels["input"][index].min().item(), panels["input"][index].max().item()
     for ax, (name, spec) in zip(axes, panels.items()):
-        ax.imshow(spec[index].T, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.imshow(spec[index].T.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_ylabel(f"{name}\nmel bin")
     axes[-1].set_xlabel("frame (10 ms)")
     if title:

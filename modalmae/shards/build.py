@@ -140,7 +140,7 @@ def build_shards(
                 result.meta["label"] = Path(relpath).parent.name or root.name
             files = {**result.files, "json": json.dumps(result.meta, sort_keys=True).encode()}
             writer.write(key, files)
-            bar.set_postfix(shards=len(writer.shards) + 1, skipped=len(skipped), refresh=False)
+            bar.set_postfix(shards_done=len(writer.shards), skipped=len(skipped), refresh=False)
     shards = writer.shards
     stale = _remove_stale(output, {s["name"] for s in shards})
     if unlabeled:

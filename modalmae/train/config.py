@@ -43,18 +43,20 @@ class PretrainConfig:
     log_every: int = arg(10, "write a metrics.jsonl line every N steps")
     save_every: int = arg(500, "save a resumable checkpoint (Accelerate save_state) every N steps")
     keep_checkpoints: int = arg(2, "resumable checkpoints kept in <output>/checkpoints (oldest removed first)")
-    resume: str = arg(None, "continue from a checkpoint folder, or 'latest' for the newest in <output>/checkpoints")
+    resume: str = arg(None, "continue from a checkpoint folder, or 'latest' for the newest in <output>/checkpoints (starts afresh when there is none, so a restarted job can always pass it)")
     progress: bool = arg(True, "show a progress bar")
 
 
-def build_parser(cls: type, *, description: str | None = None) -> argparse.ArgumentParser:
+def build_parser(cls: type, *, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
-        help_text = meta.pop("help", None)
+        help_text = meta.pop("help", "")
+        if f.default is not None and not meta.get("required"):
+            help_text += f" (default: {f.default})"
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         if kind is bool:
@@ -66,7 +68,7 @@ def build_parser(cls: type, *, description: str | None = None) -> argparse.Argum
     return parser
 
 
-def parse_config(cls: type, argv: list[str] | None = None, *, description: str | None = None):
+def parse_config(cls: type, argv: list[str] | None = None, *, description: str | None = None, epilog: str | None = None):
     """Parse ``argv`` (default: sys.argv[1:]) into an instance of the config dataclass ``cls``."""
-    args = build_parser(cls, description=description).parse_args(argv)
+    args = build_parser(cls, description=description, epilog=epilog).parse_args(argv)
     return cls(**vars(args))

@@ -5,8 +5,8 @@ The data loader is deliberately *not* passed to ``accelerator.prepare``: our ``S
 already gives each rank its own shards (see ``modalmae.data.shards``), and Accelerate would
 otherwise dispatch batches from rank 0 or make every rank read everything.
 
-Resuming restores model, optimizer, LR schedule and RNG states (Accelerate ``save_state``) and
-the step count. The data stream is not rewound to the exact sample: a resumed run reseeds it
+Resuming restores model, optimizer and RNG states (Accelerate ``save_state``) and the step
+count; the learning rate is a pure function of the step. The data stream is not rewound to the exact sample: a resumed run reseeds it
 from the step it restarts at, so it does not replay the first run's order.
 """
 
@@ -95,12 +95,8 @@ def pretrain(
         (output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=warmup, total=cfg.max_steps, min_ratio=cfg.min_lr / lr if lr else 0.0)
-    )
+    min_ratio = cfg.min_lr / lr if lr else 0.0
     model, optimizer = accelerator.prepare(model, optimizer)
-    # Not prepared: Accelerate would step the schedule once per process on every step.
-    accelerator.register_for_checkpointing(schedule)
 
     start_step, resume = 0, find_resume(cfg, output)
     if resume is not None:
@@ -131,6 +127,11 @@ def pretrain(
         # Masks come from a CPU generator reseeded per step: reproducible on any device and
         # after a resume, different on every rank.
         generator.manual_seed((cfg.seed * 1_000_003 + step) * 1009 + rank)
+        # The schedule is a function of the step alone, so a resumed run (even one given a new
+        # --max-steps) continues it without any saved scheduler state.
+        lr_used = lr * warmup_cosine(step - 1, warmup=warmup, total=cfg.max_steps, min_ratio=min_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_used
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             x = batch[input_key].to(accelerator.device, non_blocking=True)
@@ -147,8 +148,6 @@ def pretrain(
                 shards_read.setdefault(epoch, set()).add(url)
             samples_seen += x.shape[0]
             skipped_total += batch.get("num_skipped", 0)
-        lr_used = schedule.get_last_lr()[0]
-        schedule.step()
         window_steps += 1
         bar.update(1)
 

@@ -1,0 +1,107 @@
+"""Audio-MAE pretraining on WebDataset shards of audio (Huang et al., "Masked Autoencoders that Listen").
+
+Streams the shards written by ``pipelines/build_shards.py --modality audio``: each clip is
+decoded, a random ~10 s window is turned into a 1024 x 128 Kaldi log-mel filterbank, cut into
+16 x 16 patches (512 tokens), 80 % are masked, and the model reconstructs them (norm-pix MSE).
+
+    python recipes/audio_mae.py --shards shards/speech --model tiny --max-steps 20
+    accelerate launch recipes/audio_mae.py --shards shards/audioset --model base
+
+Writes to --output: config.json, metrics.jsonl, checkpoints/step_*/ (resumable), model/ (the
+trained encoder + decoder with its tokenizer and front-end config; load it with
+``modalmae.checkpoint.load_encoder``), ranks/rank*.json, reconstruction.png.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from modalmae.data.audio import AudioDecoder
+from modalmae.data.shards import resolve_shards
+from modalmae.data.stream import ShardStream, make_loader
+from modalmae.masking import random_masking
+from modalmae.model import PRESETS, MaskedAutoencoder
+from modalmae.tokenizers.fbank import AudioFrontend
+from modalmae.tokenizers.spectrogram import SpectrogramPatches
+from modalmae.train.config import PretrainConfig, arg, parse_config
+from modalmae.train.loop import pretrain
+from modalmae.viz import reconstruction_panels, save_spectrogram_figure
+
+
+@dataclass
+class AudioMAEConfig(PretrainConfig):
+    output: str = arg("runs/audio_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
+    mask_ratio: float = arg(0.8, "fraction of spectrogram patches masked (Audio-MAE: 0.8)")
+    blr: float = arg(2e-4, "base learning rate for an effective batch of 256 (Audio-MAE: 2e-4)")
+    sample_rate: int = arg(16000, "audio is resampled to this rate before the filterbank")
+    num_frames: int = arg(1024, "filterbank frames per clip (10 ms each; 1024 = 10.24 s); clips are cropped or padded")
+    num_mel_bins: int = arg(128, "mel bins of the filterbank")
+    patch_size: int = arg(16, "square patch size in frames x bins (16 gives 64 x 8 = 512 tokens)")
+    fbank_mean: float = arg(-4.2677393, "normalization: (fbank - mean) / (2 * std); AudioSet statistics by default")
+    fbank_std: float = arg(4.5689974, "normalization std (see --fbank-mean)")
+    local_attention: bool = arg(False, "decoder attends within 4x4-token windows, shifted by 2 in time every other block (Audio-MAE's local decoder)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    head, _, rest = __doc__.partition("\n\n")
+    cfg = parse_config(AudioMAEConfig, argv, description=head, epilog=rest)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)  # the same initial weights on every run and every rank
+
+    frontend = AudioFrontend(
+        sample_rate=cfg.sample_rate, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins,
+        mean=cfg.fbank_mean, std=cfg.fbank_std,
+    )
+    shards = resolve_shards(cfg.shards)
+
+    def make_data(seed: int):
+        stream = ShardStream(
+            shards, AudioDecoder(frontend), rank=accelerator.process_index, world_size=accelerator.num_processes,
+            seed=seed, shuffle_buffer=cfg.shuffle_buffer,
+        )
+        return make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
+
+    window = dict(decoder_window=(4, 4), decoder_shift=(2, 0)) if cfg.local_attention else {}
+    model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **window)
+    tokenizer = SpectrogramPatches(
+        embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins, patch_size=cfg.patch_size
+    )
+    model = MaskedAutoencoder(tokenizer, model_cfg)
+    masking = partial(_masks, num_tokens=tokenizer.num_tokens, ratio=cfg.mask_ratio)
+
+    result = pretrain(
+        cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
+        input_key="fbank", save_extra={"frontend": frontend.config()},
+    )
+
+    if accelerator.is_main_process:
+        x = result.last_batch["fbank"][:1].to(accelerator.device)
+        panels = reconstruction_panels(result.model, x, masking(1, _picture_generator(cfg.seed)).to(accelerator.device))
+        picture = save_spectrogram_figure(
+            panels, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}"
+        )
+        print(f"\nshards:      {cfg.shards}")
+        print(f"metrics:     {result.output / 'metrics.jsonl'}")
+        print(f"picture:     {picture}")
+        print(f"checkpoints: {result.output / 'checkpoints'} (resume with --resume latest)")
+        print(f"model:       {result.output / 'model'} (modalmae.checkpoint.load_encoder)")
+    return 0
+
+
+def _masks(batch_size, generator, *, num_tokens, ratio):
+    return random_masking(batch_size, num_tokens, ratio, generator=generator)
+
+
+def _picture_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

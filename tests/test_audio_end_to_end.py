@@ -1,0 +1,118 @@
+"""Tiny end-to-end runs: real speech -> shards -> Audio-MAE pretraining -> checkpoint -> resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import AUDIO, REPO, load_script
+from modalmae.checkpoint import load_encoder, load_pretrained
+from modalmae.train.loop import warmup_cosine
+
+TRAIN_ARGS = [
+    "--model", "tiny", "--num-frames", "256", "--batch-size", "4", "--lr", "1e-3", "--warmup-steps", "3",
+    "--log-every", "1", "--save-every", "10", "--workers", "1", "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "speech"
+    build = load_script("pipelines/build_shards.py")
+    assert build.main(["--modality", "audio", "--input", str(AUDIO), "--output", str(out), "--max-count", "2", "--workers", "1", "--quiet"]) == 0
+    return out
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_loss_falls_checkpoint_reloads_and_resume_continues(shards, tmp_path):
+    recipe = load_script("recipes/audio_mae.py")
+    run = tmp_path / "run"
+    assert recipe.main(["--shards", str(shards), "--output", str(run), "--max-steps", "20", *TRAIN_ARGS]) == 0
+
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, 21))
+    first, last = sum(m["loss"] for m in metrics[:3]) / 3, sum(m["loss"] for m in metrics[-3:]) / 3
+    assert last < 0.9 * first, f"loss did not fall: {first:.4f} -> {last:.4f}"
+    assert all(m["skipped"] == 0 for m in metrics)
+    assert (run / "reconstruction.png").stat().st_size > 10_000
+    assert json.loads((run / "config.json").read_text())["model"] == "tiny"
+
+    # The saved model reloads, equals the last resumable checkpoint, and gives features.
+    model, config = load_pretrained(run / "model")
+    assert config["extra"]["frontend"]["num_frames"] == 256
+    accel = load_file(str(run / "checkpoints" / "step_0000020" / "model.safetensors"))
+    for name, tensor in model.state_dict().items():
+        if name in accel:
+            assert torch.equal(tensor, accel[name]), name
+    encoder, _ = load_encoder(run / "model")
+    assert encoder.pooled(torch.zeros(2, 256, 128)).shape == (2, 192)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000010", "step_0000020"]
+
+    # Resume: continues the step count and the schedule from step 20 to 26.
+    assert recipe.main(["--shards", str(shards), "--output", str(run), "--max-steps", "26", "--resume", "latest", *TRAIN_ARGS]) == 0
+    resumed = read_metrics(run)[20:]
+    assert [m["step"] for m in resumed] == list(range(21, 27))
+    expected_lr = 1e-3 * warmup_cosine(20, warmup=3, total=26, min_ratio=0.0)  # step 21 is 0-based 20
+    assert resumed[0]["lr"] == pytest.approx(expected_lr, rel=1e-6)
+    assert resumed[0]["loss"] < first
+
+
+def test_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ["arctic_a0007.wav", "sense_and_sensibility_01_austen_64kb-0880.wav"]:
+        shutil.copy(AUDIO / name, raw / name)
+    out = tmp_path / "shards"
+    build = load_script("pipelines/build_shards.py")
+    assert build.main(["--modality", "audio", "--input", str(raw), "--output", str(out), "--workers", "1", "--quiet"]) == 0
+    # Corrupt one sample's audio bytes inside the finished shard (same length, garbage content).
+    shard = out / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    riff = data.find(b"RIFF")
+    data[riff : riff + 64] = b"\x00" * 64
+    shard.write_bytes(bytes(data))
+
+    recipe = load_script("recipes/audio_mae.py")
+    run = tmp_path / "run"
+    args = ["--shards", str(out), "--output", str(run), "--max-steps", "3", *TRAIN_ARGS]
+    args[args.index("--batch-size") + 1] = "2"
+    assert recipe.main(args) == 0
+    metrics = read_metrics(run)
+    assert metrics[-1]["skipped"] >= 1
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+
+
+@pytest.mark.distributed
+def test_two_cpu_processes_share_weights_and_read_disjoint_shards(shards, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO / "recipes" / "audio_mae.py"), "--shards", str(shards), "--output", str(run), "--max-steps", "6",
+        *TRAIN_ARGS,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+    all_shards = {str(shards / s["name"]) for s in json.loads((shards / "manifest.json").read_text())["shards"]}
+    epochs = ranks[0]["shards_read"]
+    assert len(epochs) >= 3  # 6 steps x 4 clips per rank over 8 clips: several passes
+    for epoch in epochs:
+        read0, read1 = set(ranks[0]["shards_read"][epoch]), set(ranks[1]["shards_read"][epoch])
+        assert read0 and read1 and not (read0 & read1), f"epoch {epoch}: {read0} / {read1}"
+        assert read0 | read1 <= all_shards
+    complete = sorted(epochs, key=int)[0]
+    assert set(ranks[0]["shards_read"][complete]) | set(ranks[1]["shards_read"][complete]) == all_shards
+    assert ranks[0]["samples_seen"] == ranks[1]["samples_seen"] == 6 * 4
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2 and config["effective_batch"] == 8
