@@ -6,6 +6,7 @@ training steps of the tiny and base models. Prints figures; asserts nothing.
 Shards are built in a temporary folder from real speech (tests/data/audio by default),
 each file copied --copies times so there are enough clips and shards for two workers.
 Targets: the loader with one worker within ~10 % of the bare cost; two workers >= 1.7x one.
+The three loader figures are measured in interleaved rounds and the median round is printed.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def bare(shards: Path, frontend: AudioFrontend, clips: int) -> float:
     torch.set_num_threads(1)
     samples = [s for url in resolve_shards(shards).urls for s in iter_shard(url)]
     decode, rng = AudioDecoder(frontend), random.Random(0)
+    for sample in samples[:8]:  # warm-up: filterbank cache, allocator
+        decode(sample, rng)
     start = time.perf_counter()
     for i in range(clips):
         decode(samples[i % len(samples)], rng)
@@ -58,11 +61,12 @@ def bare(shards: Path, frontend: AudioFrontend, clips: int) -> float:
 
 
 def loader_rate(shards: Path, frontend: AudioFrontend, *, workers: int, batches: int, batch_size: int) -> float:
-    """Steady-state clips/s through ShardStream + DataLoader (the first batch, which pays the
-    worker start-up, is not timed)."""
+    """Steady-state clips/s through ShardStream + DataLoader (the first batches, which pay the
+    worker start-up and fill the prefetch queue, are not timed)."""
     stream = ShardStream(resolve_shards(shards), AudioDecoder(frontend), shuffle_buffer=16)
     it = iter(make_loader(stream, batch_size=batch_size, num_workers=workers))
-    next(it)
+    for _ in range(workers):
+        next(it)
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
@@ -94,7 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--media", type=Path, default=REPO / "tests" / "data" / "audio")
     parser.add_argument("--copies", type=int, default=12)
-    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--batches", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved measurement rounds; the median round is reported")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
@@ -102,12 +107,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards = build(args.media, args.copies, Path(tmp))
         clips = args.batches * args.batch_size
-        base_rate = bare(shards, frontend, clips)
+        # Interleaved rounds: this machine's speed drifts, so each ratio compares measurements
+        # taken side by side, and the median round is reported.
+        rounds = []
+        for _ in range(args.repeats):
+            rounds.append((
+                bare(shards, frontend, clips),
+                loader_rate(shards, frontend, workers=1, batches=args.batches, batch_size=args.batch_size),
+                loader_rate(shards, frontend, workers=2, batches=args.batches, batch_size=args.batch_size),
+            ))
+        base_rate, one, two = sorted(rounds, key=lambda r: r[1] / r[0])[len(rounds) // 2]
+        overheads = sorted(100 * (b / o - 1) for b, o, _ in rounds)
+        speedups = sorted(t / o for _, o, t in rounds)
         print(f"bare decode + fbank (1 thread):  {base_rate:7.1f} clips/s")
-        one = loader_rate(shards, frontend, workers=1, batches=args.batches, batch_size=args.batch_size)
-        print(f"loader, 1 worker:                {one:7.1f} clips/s  ({one / base_rate:.2f}x bare; overhead {100 * (base_rate / one - 1):+.1f} %)")
-        two = loader_rate(shards, frontend, workers=2, batches=args.batches, batch_size=args.batch_size)
-        print(f"loader, 2 workers:               {two:7.1f} clips/s  ({two / one:.2f}x one worker)")
+        print(f"loader, 1 worker:                {one:7.1f} clips/s  (overhead over bare {100 * (base_rate / one - 1):+.1f} %; all rounds {', '.join(f'{o:+.0f}' for o in overheads)} %)")
+        print(f"loader, 2 workers:               {two:7.1f} clips/s  ({two / one:.2f}x one worker; all rounds {', '.join(f'{x:.2f}' for x in speedups)})")
     for size, batch in (("tiny", 8), ("base", 2)):
         rate = step_rate(size, batch_size=batch, steps=args.steps)
         print(f"train step {size:4s} (batch {batch}, 1024x128, 80 % masked, fp32, 2 threads): {rate:6.2f} samples/s")

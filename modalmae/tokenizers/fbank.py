@@ -84,7 +84,8 @@ def kaldi_fbank(
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[-1] := x[0]
         frames = frames - preemphasis * previous
     frames = frames * torch.hann_window(window, periodic=False, device=wave.device, dtype=wave.dtype)
-    power = torch.fft.rfft(frames, n=padded).abs().pow(2)  # [B, T, padded / 2 + 1]
+    # |X|^2 as re^2 + im^2: no square root to undo.
+    power = torch.view_as_real(torch.fft.rfft(frames, n=padded)).pow(2).sum(-1)  # [B, T, padded / 2 + 1]
 
     filters = mel_filterbank(
         num_bins=num_mel_bins, padded_size=padded, sample_rate=sample_rate, low_freq=low_freq, high_freq=high_freq
