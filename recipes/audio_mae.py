@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = pretrain(
         cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
-        input_key="fbank", save_extra={"frontend": frontend.config()},
+        input_key="fbank", epoch_samples=shards.num_samples, save_extra={"frontend": frontend.config()},
     )
 
     if accelerator.is_main_process:

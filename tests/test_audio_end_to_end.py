@@ -116,3 +116,16 @@ def test_two_cpu_processes_share_weights_and_read_disjoint_shards(shards, tmp_pa
     assert ranks[0]["samples_seen"] == ranks[1]["samples_seen"] == 6 * 4
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2 and config["effective_batch"] == 8
+
+
+def test_epochs_from_manifest_with_gradient_accumulation(shards, tmp_path):
+    recipe = load_script("recipes/audio_mae.py")
+    run = tmp_path / "run"
+    args = ["--shards", str(shards), "--output", str(run), "--epochs", "1", "--grad-accum", "2", *TRAIN_ARGS]
+    args[args.index("--batch-size") + 1] = "2"
+    assert recipe.main(args) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["epoch_samples"] == 8 and config["effective_batch"] == 4 and config["resolved_max_steps"] == 2
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2] and metrics[-1]["epoch"] == 1.0
+    assert json.loads((run / "ranks" / "rank0.json").read_text())["samples_seen"] == 8

@@ -28,6 +28,7 @@ class PretrainConfig:
     batch_size: int = arg(8, "samples per process per micro-batch")
     grad_accum: int = arg(1, "micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)")
     max_steps: int = arg(1000, "optimizer steps to train for (the cosine schedule ends here)")
+    epochs: float = arg(None, "train for this many passes over the shards instead of --max-steps (the epoch length comes from the shards' manifest.json)")
     lr: float = arg(None, "peak learning rate; default: --blr x effective batch / 256 (MAE's scaling rule)")
     blr: float = arg(1.5e-4, "base learning rate for an effective batch of 256, used when --lr is not given")
     min_lr: float = arg(0.0, "learning rate at the end of the cosine decay")

@@ -81,17 +81,27 @@ def pretrain(
     make_loader: Callable[[int], DataLoader],
     masking: Callable[[int, torch.Generator], Masks],
     input_key: str,
+    epoch_samples: int | None = None,
     save_extra: dict | None = None,
 ) -> PretrainResult:
-    """Train ``model`` for ``cfg.max_steps`` optimizer steps; ``make_loader(seed)`` builds the data."""
+    """Train ``model`` for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs`` passes over
+    ``epoch_samples`` samples, the manifest's count); ``make_loader(seed)`` builds the data."""
     output = Path(cfg.output)
     rank, world = accelerator.process_index, accelerator.num_processes
     effective_batch = cfg.batch_size * cfg.grad_accum * world
     lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
-    warmup = min(cfg.warmup_steps, cfg.max_steps // 2)
+    max_steps = cfg.max_steps
+    if cfg.epochs is not None:
+        if not epoch_samples:
+            raise ValueError("--epochs needs shards with a manifest.json, which gives the epoch length")
+        max_steps = math.ceil(cfg.epochs * epoch_samples / effective_batch)
+    warmup = min(cfg.warmup_steps, max_steps // 2)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        resolved = {**dataclasses.asdict(cfg), "resolved_lr": lr, "effective_batch": effective_batch, "world_size": world}
+        resolved = {
+            **dataclasses.asdict(cfg), "resolved_lr": lr, "resolved_max_steps": max_steps,
+            "effective_batch": effective_batch, "world_size": world, "epoch_samples": epoch_samples,
+        }
         (output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
@@ -120,16 +130,16 @@ def pretrain(
     shards_read: dict[int, set[str]] = {}  # epoch -> shards this rank read in it
     samples_seen, skipped_total, window_loss, window_steps = 0, 0, 0.0, 0
     metrics = open(output / "metrics.jsonl", "a") if accelerator.is_main_process else None
-    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process), desc="pretrain")
+    bar = tqdm(total=max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process), desc="pretrain")
     tick, batch = time.perf_counter(), {}
     model.train()
-    for step in range(start_step + 1, cfg.max_steps + 1):
+    for step in range(start_step + 1, max_steps + 1):
         # Masks come from a CPU generator reseeded per step: reproducible on any device and
         # after a resume, different on every rank.
         generator.manual_seed((cfg.seed * 1_000_003 + step) * 1009 + rank)
         # The schedule is a function of the step alone, so a resumed run (even one given a new
         # --max-steps) continues it without any saved scheduler state.
-        lr_used = lr * warmup_cosine(step - 1, warmup=warmup, total=cfg.max_steps, min_ratio=min_ratio)
+        lr_used = lr * warmup_cosine(step - 1, warmup=warmup, total=max_steps, min_ratio=min_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr_used
         for _ in range(cfg.grad_accum):
@@ -151,7 +161,7 @@ def pretrain(
         window_steps += 1
         bar.update(1)
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if step % cfg.log_every == 0 or step == max_steps:
             stats = torch.tensor([window_loss / window_steps, skipped_total], device=accelerator.device, dtype=torch.float64)
             stats = accelerator.reduce(stats, reduction="sum")
             elapsed = time.perf_counter() - tick
@@ -160,7 +170,7 @@ def pretrain(
                 "loss": stats[0].item() / world,
                 "lr": lr_used,
                 "samples_per_s": window_steps * effective_batch / elapsed,
-                "epoch": step * effective_batch / loader.dataset.shards.num_samples if loader.dataset.shards.num_samples else None,
+                "epoch": step * effective_batch / epoch_samples if epoch_samples else None,
                 "skipped": int(stats[1].item()),
             }
             if metrics is not None:
@@ -168,13 +178,13 @@ def pretrain(
                 metrics.flush()
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             window_loss, window_steps, tick = 0.0, 0, time.perf_counter()
-        if step % cfg.save_every == 0 and step != cfg.max_steps:
+        if step % cfg.save_every == 0 and step != max_steps:
             save_checkpoint(step)
     bar.close()
     if not batch:  # resumed at the end already: still hand back a batch for pictures
         batch = next(batches)
 
-    final_step = max(start_step, cfg.max_steps)
+    final_step = max(start_step, max_steps)
     save_checkpoint(final_step)
     unwrapped = accelerator.unwrap_model(model)
     record = {"rank": rank, "shards_read": {e: sorted(u) for e, u in sorted(shards_read.items())}, "samples_seen": samples_seen, "skipped": skipped_total, "weights_digest": state_digest(unwrapped)}
