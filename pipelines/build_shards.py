@@ -50,7 +50,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, type=Path, help="folder of raw files, searched recursively (hidden files are ignored)")
     p.add_argument("--output", type=Path, help="folder for shard-NNNNNN.tar and manifest.json (default: shards/<input folder name>)")
     p.add_argument("--max-count", type=positive_int, default=1000, help="most samples per shard (default: 1000)")
-    p.add_argument("--max-size", type=parse_size, default=10**9, help="most bytes per shard, e.g. 1e9, 500M, 2G (default: 1e9)")
+    p.add_argument("--max-size", type=parse_size, default=10**9, help="most bytes per shard: 1e9, or with a binary suffix 500M, 2G (K/M/G = 1024, 1024^2, 1024^3) (default: 1e9)")
     p.add_argument("--workers", type=positive_int, help="parallel processes checking files (default: all cores)")
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--labels", type=Path, help="CSV of 'path,label' rows, paths relative to --input; stored as \"label\" in each sample's json")
