@@ -5,9 +5,15 @@ The data loader is deliberately *not* passed to ``accelerator.prepare``: our ``S
 already gives each rank its own shards (see ``modalmae.data.shards``), and Accelerate would
 otherwise dispatch batches from rank 0 or make every rank read everything.
 
+``metrics.jsonl`` (main process, one line every ``--log-every`` steps): ``step``, ``loss`` (mean
+over the steps since the previous line and over ranks), ``lr`` (used at that step),
+``samples_per_s`` (all ranks), ``epoch`` (passes over the manifest's samples, or null) and
+``skipped`` (corrupt samples skipped so far, all ranks).
+
 Resuming restores model, optimizer and RNG states (Accelerate ``save_state``) and the step
-count; the learning rate is a pure function of the step. The data stream is not rewound to the exact sample: a resumed run reseeds it
-from the step it restarts at, so it does not replay the first run's order.
+count; the learning rate is a pure function of the step. The data stream is not rewound to the
+exact sample: a resumed run reseeds it from the step it restarts at, so it does not replay the
+first run's order (exact data resume is future work).
 """
 
 from __future__ import annotations
@@ -128,7 +134,8 @@ def pretrain(
         accelerator.wait_for_everyone()
 
     shards_read: dict[int, set[str]] = {}  # epoch -> shards this rank read in it
-    samples_seen, skipped_total, window_loss, window_steps = 0, 0, 0.0, 0
+    samples_seen, skipped_total, window_steps = 0, 0, 0
+    window_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)  # no GPU sync per step
     metrics = open(output / "metrics.jsonl", "a") if accelerator.is_main_process else None
     bar = tqdm(total=max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process), desc="pretrain")
     tick, batch = time.perf_counter(), {}
@@ -153,7 +160,7 @@ def pretrain(
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad()
-            window_loss += out.loss.item() / cfg.grad_accum
+            window_loss += out.loss.detach() / cfg.grad_accum
             for epoch, url in zip(batch["__epoch__"], batch["__url__"]):
                 shards_read.setdefault(epoch, set()).add(url)
             samples_seen += x.shape[0]
@@ -162,8 +169,8 @@ def pretrain(
         bar.update(1)
 
         if step % cfg.log_every == 0 or step == max_steps:
-            stats = torch.tensor([window_loss / window_steps, skipped_total], device=accelerator.device, dtype=torch.float64)
-            stats = accelerator.reduce(stats, reduction="sum")
+            stats = torch.stack([window_loss / window_steps, window_loss.new_tensor(skipped_total)])
+            stats = accelerator.reduce(stats, reduction="sum")  # loss summed over ranks, skips too
             elapsed = time.perf_counter() - tick
             record = {
                 "step": step,
@@ -177,7 +184,7 @@ def pretrain(
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            window_loss, window_steps, tick = 0.0, 0, time.perf_counter()
+            window_loss, window_steps, tick = torch.zeros_like(window_loss), 0, time.perf_counter()
         if step % cfg.save_every == 0 and step != max_steps:
             save_checkpoint(step)
     bar.close()
