@@ -1,8 +1,8 @@
 """Finding shards, assigning them to (rank, worker) slots, and reading samples out of them.
 
 Each DataLoader worker of each rank reads only the shards of its own slot: the shard list is
-permuted once per epoch with a seed every rank shares, then slot ``rank * W + worker`` of
-``R * W`` slots takes every ``R * W``-th shard. No rank opens, let alone decodes, a shard it
+permuted once per epoch with a seed every rank shares, each rank takes every R-th shard of it
+and each of its W workers every W-th of those. No rank opens, let alone decodes, a shard it
 would throw away (the failure modes of ``Accelerator.prepare`` on iterable datasets and of
 webdataset's default splitters are listed in DESIGN.md).
 """
@@ -77,13 +77,17 @@ def resolve_shards(spec: str | os.PathLike) -> ShardSet:
 
 
 def slot_shards(urls: list[str], *, epoch: int, seed: int, rank: int, world_size: int, worker: int, num_workers: int, shuffle: bool = True) -> list[str]:
-    """The shards that (rank, worker) reads in ``epoch``; disjoint slots covering every shard."""
+    """The shards that (rank, worker) reads in ``epoch``; disjoint slots covering every shard.
+
+    Ranks take every ``world_size``-th shard of the epoch's order (their counts differ by at
+    most one), and a rank's workers split its list the same way, so ranks may run different
+    numbers of workers without ever sharing a shard.
+    """
     order = list(urls)
     if shuffle:
         # Same permutation on every rank: it depends on (seed, epoch) only.
         random.Random(f"{seed}:{epoch}").shuffle(order)
-    slots = world_size * num_workers
-    return order[rank * num_workers + worker :: slots]
+    return order[rank::world_size][worker::num_workers]
 
 
 def shards_per_rank(num_shards: int, *, rank: int, world_size: int) -> int:

@@ -37,15 +37,19 @@ def decode(sample, rng):
     return {"value": torch.tensor(int(sample["txt"]))}
 
 
-@pytest.mark.parametrize("world,workers", [(1, 1), (2, 2), (3, 2), (2, 3)])
+@pytest.mark.parametrize("world,workers", [(1, 1), (2, 2), (3, 2), (2, 3), (2, 4)])
 def test_slots_are_disjoint_and_cover_every_shard(world, workers):
     urls = [f"s{i}" for i in range(11)]
     for epoch in range(3):
-        seen = []
+        seen, per_rank = [], []
         for rank in range(world):
+            mine = []
             for worker in range(workers):
-                seen += slot_shards(urls, epoch=epoch, seed=5, rank=rank, world_size=world, worker=worker, num_workers=workers)
+                mine += slot_shards(urls, epoch=epoch, seed=5, rank=rank, world_size=world, worker=worker, num_workers=workers)
+            per_rank.append(len(mine))
+            seen += mine
         assert sorted(seen) == sorted(urls)
+        assert max(per_rank) - min(per_rank) <= 1  # ranks get balanced shares
     a = slot_shards(urls, epoch=0, seed=5, rank=0, world_size=2, worker=0, num_workers=1)
     b = slot_shards(urls, epoch=1, seed=5, rank=0, world_size=2, worker=0, num_workers=1)
     assert a != b  # reshuffled every epoch
