@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from functools import partial
 
 import torch
-
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
@@ -74,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins, patch_size=cfg.patch_size
     )
     model = MaskedAutoencoder(tokenizer, model_cfg)
-    masking = partial(_masks, num_tokens=tokenizer.num_tokens, ratio=cfg.mask_ratio)
+
+    def masking(batch_size: int, generator: torch.Generator):
+        return random_masking(batch_size, tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
 
     result = pretrain(
         cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if accelerator.is_main_process:
         x = result.last_batch["fbank"][:1].to(accelerator.device)
-        panels = reconstruction_panels(result.model, x, masking(1, _picture_generator(cfg.seed)).to(accelerator.device))
+        masks = masking(1, torch.Generator().manual_seed(cfg.seed)).to(accelerator.device)
+        panels = reconstruction_panels(result.model, x, masks)
         picture = save_spectrogram_figure(
             panels, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}"
         )
@@ -93,14 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoints: {result.output / 'checkpoints'} (resume with --resume latest)")
         print(f"model:       {result.output / 'model'} (modalmae.checkpoint.load_encoder)")
     return 0
-
-
-def _masks(batch_size, generator, *, num_tokens, ratio):
-    return random_masking(batch_size, num_tokens, ratio, generator=generator)
-
-
-def _picture_generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 if __name__ == "__main__":
