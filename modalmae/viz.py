@@ -27,8 +27,7 @@ def reconstruction_panels(model: MaskedAutoencoder, x: Tensor, masks: Masks) -> 
     patches = model.tokenizer.patchify(x)  # [B, L, P]
     pred = out.pred
     if model.config.norm_pix_loss:
-        mean = patches.mean(dim=-1, keepdim=True)
-        std = (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+        mean, std = model.tokenizer.target_stats(patches)
         pred = pred * std + mean
     hidden = masks.mask[..., None].bool()  # [B, L, 1]
     fill = patches.min()  # masked patches are drawn at the darkest value

@@ -153,5 +153,9 @@ class MaskedAutoencoder(nn.Module):
         pred_full = torch.zeros_like(tokens.targets, dtype=pred.dtype).scatter(1, index, pred)
         predicted = torch.zeros_like(masks.mask).scatter(1, ids_predict, 1.0)
         loss_mask = predicted * masks.mask
-        loss, target = masked_mse(pred_full, tokens.targets, loss_mask, norm_pix=self.config.norm_pix_loss)
+        target = tokens.targets
+        if self.config.norm_pix_loss:
+            mean, std = self.tokenizer.target_stats(target)
+            target = (target - mean) / std
+        loss = masked_mse(pred_full, target, loss_mask)
         return MAEOutput(loss=loss, pred=pred_full, target=target, mask=masks.mask, loss_mask=loss_mask)

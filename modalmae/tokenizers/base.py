@@ -9,7 +9,9 @@ masked autoencoder relies only on this contract:
 - ``tokenizer.embed_dim`` (D), ``tokenizer.patch_dim`` (P), ``tokenizer.num_tokens`` (L);
 - ``tokenizer.grid``: the token grid shape for grid tokenizers (enables local attention), or None;
 - ``tokenizer.decoder_positions(dim) -> nn.Module`` mapping ``Tokens`` to [B or 1, L, dim];
-- ``tokenizer.patchify`` / ``tokenizer.unpatchify`` between inputs and [B, L, P];
+- ``tokenizer.patchify`` / ``tokenizer.unpatchify`` between inputs and [B, L, P] targets;
+- ``tokenizer.target_stats(targets) -> (mean, std)`` broadcastable to [B, L, P], the
+  method's per-patch normalization of targets (``norm_pix_loss``);
 - ``tokenizer.config() -> dict``: the keyword arguments that rebuild it (saved with checkpoints).
 """
 
@@ -25,3 +27,8 @@ class Tokens:
     embeddings: Tensor  # [B, L, D] patch embeddings + positions
     targets: Tensor  # [B, L, P] raw patches the decoder reconstructs
     coords: Tensor | None = None  # [B, L, c] per-sample coordinates (e.g. point-group centres)
+
+
+def patch_stats(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """MAE's per-patch statistics of [..., P]: mean and sqrt(unbiased variance + eps), [..., 1]."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + eps) ** 0.5

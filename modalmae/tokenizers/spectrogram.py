@@ -11,7 +11,7 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import Tokens
+from modalmae.tokenizers.base import Tokens, patch_stats
 from modalmae.tokenizers.positions import FixedPositions, sincos_grid
 
 
@@ -67,6 +67,10 @@ class SpectrogramPatches(nn.Module):
         pt, pf = self.patch_size
         h, w = self.grid
         return rearrange(patches, "b (h w) (p q) -> b (h p) (w q)", h=h, w=w, p=pt, q=pf)
+
+    def target_stats(self, patches: Tensor) -> tuple[Tensor, Tensor]:
+        """MAE's per-patch mean and sqrt(var + 1e-6), for norm-pix targets."""
+        return patch_stats(patches)
 
     def forward(self, spec: Tensor) -> Tokens:
         patches = self.patchify(spec)  # [B, L, P]
