@@ -67,3 +67,56 @@ def random_masking(
     noise = torch.rand(batch_size, num_tokens, generator=generator, device=generator.device)
     order = torch.argsort(noise, dim=1)  # [B, L]
     return masks_from_order(order.to(device or generator.device), num_masked)
+
+
+def tube_masking(
+    batch_size: int,
+    grid: tuple[int, int, int],
+    ratio: float,
+    *,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> Masks:
+    """VideoMAE's tube masking: one random spatial mask per sample, shared by every time slice.
+
+    ``grid`` is (T', H', W') tubes; each sample masks ``round(ratio * H' * W')`` spatial
+    positions in all T' slices, so a masked region cannot be copied from a neighbouring frame.
+    """
+    t, h, w = grid
+    per_slice = num_masked_tokens(h * w, ratio)
+    noise = torch.rand(batch_size, h * w, generator=generator, device=generator.device)
+    spatial = torch.argsort(noise, dim=1)  # [B, HW]: kept positions first, masked last
+    # Every slice repeats the spatial order, offset by its first token index.
+    offsets = torch.arange(t, device=spatial.device)[:, None] * (h * w)  # [T', 1]
+    keep = (spatial[:, None, : h * w - per_slice] + offsets).flatten(1)
+    masked = (spatial[:, None, h * w - per_slice :] + offsets).flatten(1)
+    order = torch.cat([keep, masked], dim=1)
+    return masks_from_order(order.to(device or generator.device), t * per_slice)
+
+
+def running_cell_predict(masks: Masks, grid: tuple[int, int, int], ratio: float = 0.5, *, generator: torch.Generator) -> Tensor:
+    """VideoMAE V2's decoder masking: which masked tokens the decoder reconstructs -> [B, Lp].
+
+    A 2x2 spatial cell holding ``int(4 * ratio)`` drops and the rest keeps is tiled over every
+    time slice; its pattern rotates by one position per slice, from a random phase per sample.
+    The decoder keeps exactly ``Lm - round(ratio * Lm)`` masked tokens per sample: those the
+    cell keeps first (in random order), topped up from the dropped ones only when the cell
+    keeps too few (never with tube masking over a multiple of 4 slices, where it is exact).
+    """
+    t, h, w = grid
+    drops = int(4 * ratio)
+    if not 0 < drops < 4:
+        raise ValueError(f"decoder mask ratio {ratio} leaves no running cell (needs 0.25 <= ratio < 1)")
+    batch, num_masked = masks.ids_masked.shape
+    queue = torch.tensor([1] * drops + [0] * (4 - drops))
+    phase = torch.randint(0, 4, (batch,), generator=generator, device=generator.device).cpu()
+    step = torch.arange(1, t + 1)  # VideoMAE V2 advances the cell before drawing each slice
+    cells = queue[(torch.arange(4)[None, None, :] + phase[:, None, None] + step[None, :, None]) % 4]  # [B, T', 4]
+    rows, cols = torch.arange(h) % 2, torch.arange(w) % 2
+    dropped = cells[:, :, rows[:, None] * 2 + cols[None, :]].flatten(1)  # [B, T' * H' * W'], 1 = drop
+    dropped = dropped.to(masks.ids_masked.device)
+    score = torch.gather(dropped, 1, masks.ids_masked).float()  # 0 = the cell keeps it
+    score = score + torch.rand(batch, num_masked, generator=generator, device=generator.device).to(score.device)
+    keep = num_masked - int(round(ratio * num_masked))
+    order = torch.argsort(score, dim=1)[:, :keep]
+    return torch.gather(masks.ids_masked, 1, order)

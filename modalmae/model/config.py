@@ -18,6 +18,7 @@ class MAEConfig:
     decoder_depth: int = 8
     decoder_heads: int = 16
     mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6  # LayerNorm epsilon (MAE: 1e-6; transformers' VideoMAE default: 1e-12)
     cls_token: bool = False
     norm_pix_loss: bool = True
     # Local attention in the decoder (Audio-MAE: windows of 4x4 tokens, shifted by (2, 0) in

@@ -46,7 +46,8 @@ class Encoder(nn.Module):
         self.config = config
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.encoder_dim)) if config.cls_token else None
         self.transformer = Transformer(
-            config.encoder_dim, depth=config.encoder_depth, num_heads=config.encoder_heads, mlp_ratio=config.mlp_ratio
+            config.encoder_dim, depth=config.encoder_depth, num_heads=config.encoder_heads, mlp_ratio=config.mlp_ratio,
+            eps=config.norm_eps,
         )
         init_weights(self.transformer)
         if self.cls_token is not None:
@@ -85,7 +86,8 @@ class Decoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.positions = tokenizer.decoder_positions(dim)
         self.transformer = Transformer(
-            dim, depth=config.decoder_depth, num_heads=config.decoder_heads, mlp_ratio=config.mlp_ratio
+            dim, depth=config.decoder_depth, num_heads=config.decoder_heads, mlp_ratio=config.mlp_ratio,
+            eps=config.norm_eps,
         )
         self.head = nn.Linear(dim, tokenizer.patch_dim)
         self.window = config.decoder_window

@@ -44,11 +44,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads=num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -59,10 +59,10 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks and a final LayerNorm; ``attn_masks`` gives one mask per block (or None)."""
 
-    def __init__(self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, eps=eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor, attn_masks: list[Tensor | None] | None = None) -> Tensor:
         for i, block in enumerate(self.blocks):

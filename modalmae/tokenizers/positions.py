@@ -1,4 +1,4 @@
-"""Fixed sin-cos position embeddings over token grids, as in MAE / Audio-MAE.
+"""Fixed sin-cos position embeddings: MAE / Audio-MAE's grid tables and VideoMAE's 1-D table.
 
 Follows MAE's ``get_2d_sincos_pos_embed``: each grid axis gets ``dim / n_axes`` channels of
 ``[sin(pos * omega), cos(pos * omega)]`` with ``omega_i = 1 / 10000^(i / (d/2))``, and the axes
@@ -58,3 +58,14 @@ class FixedPositions(nn.Module):
 
 def num_tokens(grid: tuple[int, ...]) -> int:
     return math.prod(grid)
+
+
+def sinusoid_table(num_positions: int, dim: int) -> Tensor:
+    """[N, dim] 1-D table of the Transformer paper as VideoMAE uses it over flattened tubes:
+    channel 2i is sin(p / 10000^(2i/dim)), channel 2i+1 the matching cosine (interleaved)."""
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    exponent = 2 * torch.div(torch.arange(dim), 2, rounding_mode="floor").double() / dim
+    angles = position / 10000**exponent  # [N, dim]
+    table = torch.empty_like(angles)
+    table[:, 0::2], table[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
+    return table.float()

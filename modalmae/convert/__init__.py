@@ -1,0 +1,1 @@
+"""Converters from other projects' checkpoints (key and shape mapping; nothing is downloaded)."""

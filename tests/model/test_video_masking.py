@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from modalmae.masking import running_cell_predict, tube_masking
+
+
+def test_tube_masking_shares_the_spatial_mask_over_time():
+    masks = tube_masking(4, (8, 14, 14), 0.9, generator=torch.Generator().manual_seed(0))
+    grid = masks.mask.view(4, 8, 196)
+    assert (grid == grid[:, :1]).all()  # every time slice equal to the first
+    assert (masks.mask.sum(1) == 8 * round(0.9 * 196)).all()  # 1408, as VideoMAE
+    order = torch.cat([masks.ids_keep, masks.ids_masked], 1)
+    assert torch.equal(torch.gather(order, 1, masks.ids_restore), torch.arange(1568).expand(4, -1))
+    assert not torch.equal(grid[0, 0], grid[1, 0])
+
+
+def test_running_cell_keeps_half_of_the_masked_tokens_in_a_rotating_cell():
+    g = torch.Generator().manual_seed(0)
+    masks = tube_masking(3, (8, 14, 14), 0.9, generator=g)
+    ids = running_cell_predict(masks, (8, 14, 14), 0.5, generator=g)
+    assert ids.shape == (3, 704)  # exactly half of 1408
+    chosen = torch.zeros(3, 1568).scatter(1, ids, 1.0)
+    assert (chosen <= masks.mask).all()  # only masked tokens are predicted
+    cells = chosen.view(3, 8, 7, 2, 7, 2)  # [B, T', cell rows, 2, cell cols, 2]
+    # within a time slice every 2x2 cell has the same pattern (the tiled cell) wherever masked
+    masked_cells = masks.mask.view(3, 8, 7, 2, 7, 2)
+    for b in range(3):
+        for t in range(8):
+            pattern = cells[b, t][masked_cells[b, t].bool()]
+            layout = cells[b, t].permute(1, 3, 0, 2).reshape(4, -1)  # position in cell -> values
+            in_mask = masked_cells[b, t].permute(1, 3, 0, 2).reshape(4, -1).bool()
+            for pos in range(4):
+                vals = layout[pos][in_mask[pos]]
+                assert vals.numel() == 0 or (vals == vals[0]).all()
+            assert pattern.numel() > 0
+    # the pattern rotates: consecutive slices differ at some cell position
+    first = cells[0, 0].permute(1, 3, 0, 2).reshape(4, -1).max(dim=1).values
+    second = cells[0, 1].permute(1, 3, 0, 2).reshape(4, -1).max(dim=1).values
+    assert not torch.equal(first, second)
+
+
+def test_running_cell_exact_count_even_when_the_cell_cannot_give_it():
+    g = torch.Generator().manual_seed(3)
+    masks = tube_masking(5, (2, 4, 4), 0.75, generator=g)  # 2 slices: the cell is not balanced
+    ids = running_cell_predict(masks, (2, 4, 4), 0.5, generator=g)
+    assert ids.shape == (5, masks.num_masked - round(0.5 * masks.num_masked))
+    assert all(len(set(row.tolist())) == ids.shape[1] for row in ids)
+    with pytest.raises(ValueError, match="running cell"):
+        running_cell_predict(masks, (2, 4, 4), 0.1, generator=g)
