@@ -4,7 +4,8 @@
 reads only its own shards (``slot_shards``), epoch after epoch, forever: the training loop
 counts steps, and every rank can always take another batch, so no rank hangs at an epoch end
 while others wait in an all-reduce. Decoding is a plain function of a raw sample and a
-``random.Random``; a sample it cannot decode is counted, reported and skipped.
+``random.Random`` returning an item (or a list of items: several clips of one video); a sample
+it cannot decode is counted, reported and skipped.
 """
 
 from __future__ import annotations
@@ -65,14 +66,16 @@ class ShardStream(IterableDataset):
                     skipped += 1
                     continue
                 try:
-                    item = self.decode(raw, rng)
+                    decoded = self.decode(raw, rng)
                 except Exception as e:  # noqa: BLE001 - a bad sample must never stop training
                     skipped += 1
                     log.warning("skipping sample %s in %s: %s: %s", raw.get("__key__"), raw.get("__url__"), type(e).__name__, e)
                     continue
-                item.update(__key__=raw["__key__"], __url__=raw["__url__"], __epoch__=epoch, num_skipped=skipped)
-                skipped = 0
-                yield item
+                # A decoder may return several items per sample (repeated augmentation).
+                for item in decoded if isinstance(decoded, list) else [decoded]:
+                    item.update(__key__=raw["__key__"], __url__=raw["__url__"], __epoch__=epoch, num_skipped=skipped)
+                    skipped = 0
+                    yield item
             epoch += 1
 
 
