@@ -10,6 +10,7 @@ generator passed in, so a seed reproduces the masks.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +25,20 @@ class Masks:
     ids_masked: Tensor  # [B, Lm] long: masked tokens
     ids_restore: Tensor  # [B, L] long: where token i sits in cat(ids_keep, ids_masked)
     mask: Tensor  # [B, L] float: 1 = masked, 0 = visible
+    # [B, Lp] long: the masked tokens the decoder reconstructs (decoder masking, VideoMAE V2);
+    # None = all of them.
+    ids_predict: Tensor | None = None
 
     @property
     def num_masked(self) -> int:
         return self.ids_masked.shape[1]
 
     def to(self, device: torch.device | str) -> "Masks":
-        return Masks(*(t.to(device) for t in (self.ids_keep, self.ids_masked, self.ids_restore, self.mask)))
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))  # astuple would deep-copy
+        return Masks(*(None if t is None else t.to(device) for t in values))
+
+    def with_decoder_masking(self, ids_predict: Tensor) -> "Masks":
+        return dataclasses.replace(self, ids_predict=ids_predict)
 
 
 def num_masked_tokens(num_tokens: int, ratio: float) -> int:

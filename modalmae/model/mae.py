@@ -5,7 +5,7 @@
   position to predict, every token carrying a decoder-width position; a linear head to patches.
 - ``MaskedAutoencoder``: both, and the loss on masked tokens only.
 
-The decoder is handed the positions to predict (``ids_predict``, all masked tokens by default),
+The decoder is handed the positions to predict (``Masks.ids_predict``, all masked tokens by default),
 so a decoder that sees only part of the masked tokens (VideoMAE V2's decoder masking) needs no
 other change. Attention is permutation-equivariant, so the decoder works on the
 ``[visible, predicted]`` order directly instead of un-shuffling to the grid as MAE does; local
@@ -143,9 +143,9 @@ class MaskedAutoencoder(nn.Module):
     def tokenizer(self) -> nn.Module:
         return self.encoder.tokenizer
 
-    def forward(self, x: Tensor, masks: Masks, *, ids_predict: Tensor | None = None) -> MAEOutput:
-        """Encode the visible tokens, predict ``ids_predict`` (default: every masked token)."""
-        ids_predict = masks.ids_masked if ids_predict is None else ids_predict
+    def forward(self, x: Tensor, masks: Masks) -> MAEOutput:
+        """Encode the visible tokens, predict ``masks.ids_predict`` (default: every masked token)."""
+        ids_predict = masks.ids_masked if masks.ids_predict is None else masks.ids_predict
         tokens = self.tokenizer(x)
         latent = self.encoder.encode(tokens.embeddings, masks.ids_keep)
         pred = self.decoder(

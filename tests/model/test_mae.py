@@ -56,7 +56,7 @@ def test_predicting_a_subset_restricts_the_loss():
     model = tiny_model()
     masks = random_masking(2, 32, 0.75, generator=torch.Generator().manual_seed(0))
     subset = masks.ids_masked[:, :5]
-    out = model(torch.randn(2, 128, 64), masks, ids_predict=subset)
+    out = model(torch.randn(2, 128, 64), masks.with_decoder_masking(subset))
     assert (out.loss_mask.sum(dim=1) == 5).all()
     assert torch.equal(torch.gather(out.loss_mask, 1, subset), torch.ones(2, 5))
 
