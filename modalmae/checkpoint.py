@@ -24,12 +24,13 @@ from torch import nn
 from modalmae import __version__
 from modalmae.model import Encoder, MAEConfig, MaskedAutoencoder
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
+from modalmae.tokenizers.video import VideoTubes
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 # Tokenizers a checkpoint may name; listed explicitly (nothing registers itself on import).
-TOKENIZERS: dict[str, type[nn.Module]] = {"SpectrogramPatches": SpectrogramPatches}
+TOKENIZERS: dict[str, type[nn.Module]] = {"SpectrogramPatches": SpectrogramPatches, "VideoTubes": VideoTubes}
 
 
 def _atomic_write(path: Path, write) -> None:

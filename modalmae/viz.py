@@ -60,3 +60,33 @@ def save_spectrogram_figure(panels: dict[str, Tensor], path: str | Path, *, titl
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_video_figure(panels: dict[str, Tensor], path: str | Path, *, title: str = "", index: int = 0, max_frames: int = 8) -> Path:
+    """A grid: one row per panel, one column per shown frame, of pixel-space clips [C, T, H, W]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    frames = panels["input"].shape[2]
+    shown = sorted({round(i * (frames - 1) / max(1, min(max_frames, frames) - 1)) for i in range(min(max_frames, frames))})
+    fig, axes = plt.subplots(len(panels), len(shown), figsize=(1.8 * len(shown), 1.9 * len(panels)), squeeze=False)
+    for row, (name, clip) in enumerate(panels.items()):
+        for col, t in enumerate(shown):
+            ax = axes[row][col]
+            ax.imshow(clip[index, :, t].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(name)
+            if row == 0:
+                ax.set_title(f"frame {t}", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

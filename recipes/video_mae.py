@@ -1,0 +1,111 @@
+"""VideoMAE / VideoMAE V2 pretraining on WebDataset shards of video (Tong et al. 2022; Wang et al. 2023).
+
+Streams the shards written by ``pipelines/build_shards.py --modality video``: 16 frames 4 apart
+are decoded from a random start (only those frames), multi-scale cropped to 224 and flipped,
+cut into 2 x 16 x 16 tubes (8 x 14 x 14 = 1568 tokens), 90 % masked as tubes, and the model
+reconstructs the masked tubes (per-tube, per-channel normalized pixels). ``--decoder-mask-ratio
+0.5`` adds VideoMAE V2's running-cell decoder masking; ``--masking random`` is MAE-ST's.
+
+    python recipes/video_mae.py --shards shards/clips --model tiny --max-steps 30
+    accelerate launch recipes/video_mae.py --shards shards/k400 --model base --repeated-aug 2
+
+Writes to --output: config.json, metrics.jsonl, checkpoints/step_*/ (resumable), model/ (the
+trained encoder + decoder with its tokenizer config; ``modalmae.checkpoint.load_encoder``),
+ranks/rank*.json, reconstruction.png.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from modalmae.data.shards import resolve_shards
+from modalmae.data.stream import ShardStream, make_loader
+from modalmae.data.video import BACKENDS, VideoDecoder
+from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
+from modalmae.model import PRESETS, MaskedAutoencoder
+from modalmae.tokenizers.video import VideoTubes
+from modalmae.train.config import PretrainConfig, arg, parse_config
+from modalmae.train.loop import pretrain
+from modalmae.viz import reconstruction_panels, save_video_figure
+
+
+@dataclass
+class VideoMAEConfig(PretrainConfig):
+    output: str = arg("runs/video_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
+    mask_ratio: float = arg(0.9, "fraction of tubes masked (VideoMAE: 0.9)")
+    masking: str = arg("tube", "tube: one spatial mask for all time slices (VideoMAE); random: independent spacetime masking (MAE-ST)", choices=("tube", "random"))
+    decoder_mask_ratio: float = arg(0.0, "fraction of the masked tubes the decoder drops, in VideoMAE V2's running-cell pattern (0 = decode all; V2: 0.5)")
+    num_frames: int = arg(16, "frames per clip")
+    sampling_rate: int = arg(4, "stride between sampled frames (4 for Kinetics-like data, 2 for SSv2-like)")
+    input_size: int = arg(224, "clips are multi-scale cropped and resized to this square size")
+    tubelet_size: int = arg(2, "frames per tube")
+    patch_size: int = arg(16, "tube height and width in pixels")
+    repeated_aug: int = arg(1, "clips sampled from each decoded video (repeated augmentation); each counts toward --batch-size")
+    flip: bool = arg(True, "random horizontal flips (turn off for direction-sensitive data such as SSv2)")
+    video_backend: str = arg("pyav", "decoder: pyav (bundled FFmpeg), decord or torchcodec (if installed)", choices=tuple(BACKENDS))
+
+
+def main(argv: list[str] | None = None) -> int:
+    head, _, rest = __doc__.partition("\n\n")
+    cfg = parse_config(VideoMAEConfig, argv, description=head, epilog=rest)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)  # the same initial weights on every run and every rank
+
+    shards = resolve_shards(cfg.shards)
+    decode = VideoDecoder(
+        num_frames=cfg.num_frames, stride=cfg.sampling_rate, crop_size=cfg.input_size,
+        clips_per_video=cfg.repeated_aug, flip=cfg.flip, backend=cfg.video_backend,
+    )
+
+    def make_data(seed: int):
+        stream = ShardStream(
+            shards, decode, rank=accelerator.process_index, world_size=accelerator.num_processes,
+            seed=seed, shuffle_buffer=cfg.shuffle_buffer,
+        )
+        return make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
+
+    model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)
+    tokenizer = VideoTubes(
+        embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, image_size=cfg.input_size,
+        tubelet_size=cfg.tubelet_size, patch_size=cfg.patch_size,
+    )
+    model = MaskedAutoencoder(tokenizer, model_cfg)
+    grid = tokenizer.grid
+
+    def masking(batch_size: int, generator: torch.Generator) -> Masks:
+        if cfg.masking == "tube":
+            masks = tube_masking(batch_size, grid, cfg.mask_ratio, generator=generator)
+        else:
+            masks = random_masking(batch_size, tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
+        if cfg.decoder_mask_ratio > 0:
+            masks = masks.with_decoder_masking(running_cell_predict(masks, grid, cfg.decoder_mask_ratio, generator=generator))
+        return masks
+
+    result = pretrain(
+        cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
+        input_key="video", epoch_samples=shards.num_samples * cfg.repeated_aug if shards.num_samples else None,
+    )
+
+    if accelerator.is_main_process:
+        x = result.last_batch["video"][:1].to(accelerator.device)
+        # Draw every masked tube, also those a decoder-masked step would skip.
+        masks = replace(masking(1, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
+        picture = save_video_figure(
+            reconstruction_panels(result.model, x, masks), result.output / "reconstruction.png",
+            title=f"{result.last_batch['__key__'][0]} at step {result.step}",
+        )
+        print(f"\nshards:      {cfg.shards}")
+        print(f"metrics:     {result.output / 'metrics.jsonl'}")
+        print(f"picture:     {picture}")
+        print(f"checkpoints: {result.output / 'checkpoints'} (resume with --resume latest)")
+        print(f"model:       {result.output / 'model'} (modalmae.checkpoint.load_encoder)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
