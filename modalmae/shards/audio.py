@@ -1,34 +1,58 @@
 """The audio modality of the shard builder: which files, how they are checked, what is stored.
 
-Files libsndfile reads (wav, flac, ogg, opus, mp3) are decoded in full to prove they are
-intact and stored as their original bytes. Other containers (mp4, mkv, webm, m4a, ...) go
-through PyAV and their first audio track is stored as FLAC, so the loader needs only
-soundfile. ``--transcode`` stores every sample as mono 16-bit FLAC at one sample rate.
+Follows the Audio-MAE data setup: one clip per sample, decoded later into a Kaldi fbank by
+``modalmae.data.audio``, which reads samples with soundfile only. So:
+
+- files libsndfile reads (wav, flac, ogg, opus, mp3) are decoded in full to prove they are
+  intact, and stored as their original bytes;
+- other containers (mp4, mkv, webm, m4a, ...), and sndfile-type files whose codec libsndfile
+  lacks, go through PyAV; their first audio track is stored as 16-bit FLAC at its own rate and
+  channel count;
+- ``Options(transcode=True)`` stores every sample as mono 16-bit FLAC at one sample rate
+  (downmix by averaging the channels, resampling with FFmpeg's swresample through PyAV).
+
+Decoding streams in blocks, so a long recording never sits in memory as float samples.
+The builder (``modalmae.shards.build``) calls ``prepare`` once per file, in a worker process.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile as sf
 
 from modalmae.shards.types import Sample, Skip
 
-SNDFILE_FORMATS = {".wav": "wav", ".flac": "flac", ".ogg": "ogg", ".oga": "ogg", ".opus": "opus", ".mp3": "mp3"}
-CONTAINERS = {".mp4", ".m4a", ".m4v", ".mov", ".mkv", ".mka", ".webm", ".avi", ".aac", ".wma", ".3gp", ".mpg", ".mpeg", ".ts"}
-EXTENSIONS = frozenset(SNDFILE_FORMATS) | CONTAINERS
-# Lossy codecs report a frame count from headers that decoding can miss by up to one packet.
+NAME = "audio"
+# The one list of what counts as audio input: files libsndfile should read (kept as they are)
+# and containers FFmpeg reads (their first audio track stored as FLAC).
+SNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
+CONTAINER_EXTENSIONS = frozenset(
+    {".mp4", ".m4a", ".m4b", ".m4v", ".mov", ".mkv", ".mka", ".webm", ".avi", ".aac", ".ac3", ".wma",
+     ".3gp", ".mpg", ".mpeg", ".ts", ".aif", ".aiff"}
+)
+EXTENSIONS = SNDFILE_EXTENSIONS | CONTAINER_EXTENSIONS
+
+BLOCK_FRAMES = 1 << 16
+# Lossy codecs report a length from headers that decoding can miss by up to a packet.
 PACKET_SLACK = {"mp3": 1152, "ogg": 2048, "opus": 2048}
+UNKNOWN_LENGTH = 1 << 62  # libsndfile's "frames" for streams that do not state a length
 
 
 @dataclass(frozen=True)
-class AudioOptions:
-    transcode: bool = False
-    sample_rate: int = 16000
+class Options:
+    transcode: bool = False  # store mono 16-bit FLAC at sample_rate instead of the original
+    sample_rate: int = 16000  # Audio-MAE's rate; only used with transcode
+
+
+class Unusable(ValueError):
+    """The file is not usable audio; the message is the skip reason."""
 
 
 def wav_data_shortfall(data: bytes) -> int:
@@ -48,86 +72,144 @@ def wav_data_shortfall(data: bytes) -> int:
     return 0
 
 
-class Truncated(ValueError):
-    """The file holds less audio than its header declares."""
+def stored_format(info) -> str | None:
+    """The schema.AUDIO_FORMATS name for what libsndfile found in the bytes (not what the file
+    name says), or None when the loader should get FLAC instead (AIFF in a .wav, say)."""
+    if info.format == "OGG":
+        return "opus" if info.subtype == "OPUS" else "ogg"
+    return {"WAV": "wav", "WAVEX": "wav", "FLAC": "flac", "MP3": "mp3"}.get(info.format)
 
 
-def decode_sndfile(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
-    """Decode everything; raise ValueError when the file is shorter than it says."""
-    missing = wav_data_shortfall(data) if fmt == "wav" else 0
+def sndfile_blocks(data: bytes, fmt: str | None) -> Iterator[tuple[np.ndarray, int]]:
+    """Every sample of a libsndfile-readable file as ([n, C] float32, rate) blocks.
+
+    Raises ``Unusable`` when the file holds less audio than its header promises.
+    """
+    missing = wav_data_shortfall(data)
     if missing:
-        raise Truncated(f"truncated: the WAV header promises {missing} more bytes of audio than the file holds")
+        raise Unusable(f"truncated: the WAV header promises {missing} more bytes of audio than the file holds")
     with sf.SoundFile(io.BytesIO(data)) as f:
-        declared, rate = f.frames, f.samplerate
-        wave = f.read(dtype="float32", always_2d=True)  # [N, C]
-    if declared - wave.shape[0] > PACKET_SLACK.get(fmt, 0):
-        raise Truncated(f"truncated: header says {declared} frames, decoded {wave.shape[0]}")
-    return wave, rate
+        declared, rate, decoded, error = f.frames, f.samplerate, 0, ""
+        while True:
+            # read(), not blocks(): blocks() counts what it asked for, so it pads a short file.
+            try:
+                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)  # [n, C]
+            except sf.LibsndfileError as e:  # e.g. FLAC "lost sync" where the bytes stop
+                if decoded >= declared:
+                    raise
+                error = f" (libsndfile: {e.error_string.strip().rstrip('.')})"
+                break
+            if not len(block):
+                break
+            decoded += block.shape[0]
+            yield block, rate
+    if declared < UNKNOWN_LENGTH and declared - decoded > PACKET_SLACK.get(fmt, 0):
+        raise Unusable(f"truncated: the header says {declared} frames, decoding stopped after {decoded}{error}")
 
 
-def decode_container(data: bytes) -> tuple[np.ndarray, int]:
-    """First audio track of anything PyAV opens -> float32 [N, C]."""
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        if not container.streams.audio:
-            raise LookupError("no audio stream")
-        stream = container.streams.audio[0]
-        # Decode to planar float at the stream's own rate and layout: one array per frame.
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-        chunks = []
+def av_blocks(data: bytes) -> Iterator[tuple[np.ndarray, int]]:
+    """Every sample of the first audio stream of anything FFmpeg opens, as ([n, C] float32, rate)."""
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise Unusable("no audio stream")
+        # Planar float at the stream's own rate and layout, whatever the codec's sample format.
+        to_float = av.AudioResampler(format="fltp")
         for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray())  # [C, n]
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray())
-    if not chunks:
-        raise ValueError("the audio stream holds no decodable samples")
-    return np.concatenate(chunks, axis=1).T.astype(np.float32), stream.rate
+            for out in to_float.resample(frame):
+                yield out.to_ndarray().T, out.sample_rate  # [n, C]
+        for out in to_float.resample(None):
+            yield out.to_ndarray().T, out.sample_rate
 
 
-def encode_flac(wave: np.ndarray, rate: int) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(wave, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
+def _av_message(e: Exception) -> str:
+    # FFmpegError's str() carries the errno and a file name ('<none>' for memory): keep the text.
+    return getattr(e, "strerror", None) or str(e)
 
 
-def to_mono_rate(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """[N, C] -> [N', 1] mono at ``target`` Hz (our torch sinc resampler, as in the loader)."""
-    import torch
+def open_blocks(data: bytes, suffix: str) -> tuple[Iterator[tuple[np.ndarray, int]], str | None]:
+    """Blocks of ``data``, and the format to store its original bytes as (None: store FLAC)."""
+    if suffix not in SNDFILE_EXTENSIONS:
+        return av_blocks(data), None
+    try:
+        info = sf.info(io.BytesIO(data))
+    except sf.LibsndfileError as e:
+        # A codec libsndfile lacks (say mp3-in-wav, speex-in-ogg): FFmpeg may still read it.
+        try:
+            fallback = av_blocks(data)
+            first = next(fallback, None)
+        except (av.FFmpegError, Unusable) as av_error:
+            raise Unusable(f"not decodable audio (libsndfile: {e.error_string.rstrip('.')}; PyAV: {_av_message(av_error)})") from e
+        return _chain(first, fallback), None
+    fmt = stored_format(info)
+    return sndfile_blocks(data, fmt), fmt
 
-    from modalmae.tokenizers.fbank import resample
 
-    mono = torch.from_numpy(np.ascontiguousarray(wave.mean(axis=1)))
-    return resample(mono, orig_freq=rate, new_freq=target).numpy()[:, None]
+def _chain(first, rest: Iterator) -> Iterator:
+    if first is not None:
+        yield first
+        yield from rest
 
 
-def prepare(path: Path, relpath: str, options: AudioOptions) -> Sample | Skip:
+class FlacSink:
+    """Blocks in, one 16-bit FLAC file out (in memory); created at the first block's rate."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        self.file: sf.SoundFile | None = None
+        self.frames = 0
+
+    def write(self, block: np.ndarray, rate: int) -> None:  # block [n, C]
+        if self.file is None:
+            self.file = sf.SoundFile(self.buffer, "w", samplerate=rate, channels=block.shape[1], format="FLAC", subtype="PCM_16")
+        # libsndfile wraps out-of-range floats around when converting to integers: clip first.
+        self.file.write(np.clip(block, -1.0, 1.0))
+        self.frames += block.shape[0]
+
+    def close(self) -> bytes:
+        self.file.close()
+        return self.buffer.getvalue()
+
+
+def mono_resampled(blocks: Iterator[tuple[np.ndarray, int]], target: int) -> Iterator[tuple[np.ndarray, int]]:
+    """[n, C] blocks at any rate -> [n', 1] blocks at ``target`` Hz (mean of channels, swresample)."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+    for block, rate in blocks:
+        mono = np.ascontiguousarray(block.mean(axis=1, dtype=np.float32))[None]  # [1, n]
+        frame = av.AudioFrame.from_ndarray(mono, format="flt", layout="mono")
+        frame.sample_rate = rate
+        for out in resampler.resample(frame):
+            yield out.to_ndarray().reshape(-1, 1), target
+    for out in resampler.resample(None):  # the filter's tail
+        yield out.to_ndarray().reshape(-1, 1), target
+
+
+def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
+    """One source file -> a ``Sample`` ({format: bytes} and its json fields) or a ``Skip``."""
     data = path.read_bytes()
     if not data:
         return Skip(relpath, "empty file")
-    fmt = SNDFILE_FORMATS.get(path.suffix.lower())
     try:
-        if fmt is not None:
-            wave, rate = decode_sndfile(data, fmt)
-        else:
-            wave, rate = decode_container(data)
-            fmt, data = "flac", None  # containers are stored as their audio track
-    except (LookupError, Truncated) as e:
-        return Skip(relpath, str(e).strip("'\""))
-    except sf.LibsndfileError as e:
-        return Skip(relpath, f"not decodable audio (libsndfile: {e.error_string})")
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a reason to skip, not to stop
-        return Skip(relpath, f"not decodable audio ({type(e).__name__}: {e})")
-    if wave.shape[0] == 0:
-        return Skip(relpath, "no audio samples")
-    if options.transcode:
-        wave, rate = to_mono_rate(wave, rate, options.sample_rate), options.sample_rate
-        fmt, data = "flac", None
-    if data is None:
-        data = encode_flac(wave, rate)
+        blocks, fmt = open_blocks(data, path.suffix.lower())
+        if options.transcode:
+            blocks, fmt = mono_resampled(blocks, options.sample_rate), None
+        rate = channels = frames = 0
+        sink = None if fmt else FlacSink()
+        for block, rate in blocks:
+            channels, frames = block.shape[1], frames + block.shape[0]
+            if sink is not None:
+                sink.write(block, rate)
+        if frames == 0:
+            return Skip(relpath, "no audio samples")
+    except Unusable as e:
+        return Skip(relpath, str(e))
+    except sf.LibsndfileError as e:  # errors after a good open: the stream itself is broken
+        return Skip(relpath, f"not decodable audio (libsndfile: {e.error_string.rstrip('.')})")
+    except av.FFmpegError as e:
+        return Skip(relpath, f"not decodable audio (PyAV: {_av_message(e)})")
+    files = {fmt: data} if fmt else {"flac": sink.close()}
     meta = {
-        "source": relpath, "format": fmt, "sample_rate": int(rate), "channels": int(wave.shape[1]),
-        "frames": int(wave.shape[0]), "duration": round(wave.shape[0] / rate, 6),
+        "source": relpath, "format": fmt or "flac", "sample_rate": int(rate), "channels": int(channels),
+        "frames": int(frames), "duration": round(frames / rate, 6),
     }
-    return Sample(files={fmt: data}, meta=meta)
+    return Sample(files=files, meta=meta)

@@ -1,9 +1,12 @@
-"""build_shards on real speech with bad files among the good ones."""
+"""build_shards on real speech with bad files among the good ones, through the CLI's main(argv)."""
 
 import csv
 import hashlib
 import io
 import json
+import logging
+import math
+import os
 import shutil
 import tarfile
 
@@ -15,198 +18,282 @@ import webdataset as wds
 
 from conftest import AUDIO, load_script
 from modalmae.data.schema import sample_key
+from modalmae.shards import Sample, Skip, audio, prepare_all
 
-build = load_script("pipelines/build_shards.py")
-GOOD = ["arctic_a0007.wav", "Front_Center.wav", "sense_and_sensibility_01_austen_64kb-0880.wav", "sense_and_sensibility_01_austen_64kb-0930.wav"]
+cli = load_script("pipelines/build_shards.py")
+SPEECH = ["Front_Center.wav", "arctic_a0007.wav", "sense_and_sensibility_01_austen_64kb-0880.wav"]  # 48k, 16k, 16k
+ALARM = "sense_and_sensibility_01_austen_64kb-0930.wav"
+GOOD = [f"speech/{n}" for n in SPEECH] + [f"alarm/{ALARM}"]  # stored as their original bytes
+DISGUISED = "speech/really_flac.wav"  # FLAC bytes under a .wav name: stored as what they are
+GOOD_ALL = sorted(GOOD + ["alarm/clip.mp4", DISGUISED])
+BAD = {  # path -> what its skip reason must say
+    "speech/empty.wav": "empty file",
+    "speech/truncated.wav": "truncated",  # the WAV header's data size
+    "speech/cut.flac": "truncated",  # STREAMINFO's frame count, then a decoder error
+    "speech/cut.mp3": "truncated",  # the Xing header's frame count, fewer decoded
+    "speech/notes.wav": "not decodable audio (libsndfile",
+    "speech/noise.mp3": "not decodable audio (libsndfile",
+    "silent_video.mp4": "no audio stream",
+}
 
 
 def make_mp4(path, *, with_audio: bool, with_video: bool):
-    """An mp4 made here with PyAV: AAC audio of real speech and/or a few frames of video."""
+    """An mp4 made with PyAV: AAC audio of real speech (4.0 s) and/or a few frames of video."""
     wave, sr = sf.read(AUDIO / "arctic_a0007.wav", dtype="float32")
     with av.open(str(path), "w") as out:
         if with_video:
             video = out.add_stream("mpeg4", rate=10)
             video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         if with_audio:
-            audio = out.add_stream("aac", rate=sr)
-            audio.layout = "mono"
+            track = out.add_stream("aac", rate=sr)
+            track.layout = "mono"
         if with_video:
             for i in range(5):
-                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 40, np.uint8), format="rgb24")
-                out.mux(video.encode(frame))
+                out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 40, np.uint8), format="rgb24")))
             out.mux(video.encode())
         if with_audio:
             for start in range(0, len(wave), 1024):
-                chunk = wave[start : start + 1024][None]
-                frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                frame = av.AudioFrame.from_ndarray(wave[start : start + 1024][None], format="flt", layout="mono")
                 frame.sample_rate = sr
-                out.mux(audio.encode(frame))
-            out.mux(audio.encode())
+                out.mux(track.encode(frame))
+            out.mux(track.encode())
 
 
-@pytest.fixture
-def raw(tmp_path):
-    root = tmp_path / "raw"
-    (root / "speech").mkdir(parents=True)
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """Read-only input folder shared by the tests of this file."""
+    root = tmp_path_factory.mktemp("raw")
+    (root / "speech").mkdir()
     (root / "alarm").mkdir()
-    for name in GOOD[:3]:
-        shutil.copy(AUDIO / name, root / "speech" / name)
-    shutil.copy(AUDIO / GOOD[3], root / "alarm" / GOOD[3])
+    for path in GOOD:
+        shutil.copy(AUDIO / path.split("/")[1], root / path)
     make_mp4(root / "alarm" / "clip.mp4", with_audio=True, with_video=True)
-    # bad files
+    wave, sr = sf.read(AUDIO / SPEECH[2], dtype="int16")
+    sf.write(root / DISGUISED, wave, sr, format="FLAC")
     (root / "speech" / "empty.wav").write_bytes(b"")
-    (root / "speech" / "truncated.wav").write_bytes((AUDIO / GOOD[0]).read_bytes()[:2000])
+    (root / "speech" / "truncated.wav").write_bytes((AUDIO / SPEECH[1]).read_bytes()[:2000])
+    for fmt in ("flac", "mp3"):  # a real file's first half
+        encoded = io.BytesIO()
+        sf.write(encoded, wave, sr, format=fmt.upper())
+        (root / "speech" / f"cut.{fmt}").write_bytes(encoded.getvalue()[: len(encoded.getvalue()) // 2])
     (root / "speech" / "notes.wav").write_text("this is a text file, not audio\n" * 20)
     (root / "speech" / "noise.mp3").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     make_mp4(root / "silent_video.mp4", with_audio=False, with_video=True)
     (root / "README.txt").write_text("ignored: not a media file")
-    (root / ".hidden.wav").write_bytes((AUDIO / GOOD[0]).read_bytes())
+    (root / ".hidden.wav").write_bytes((AUDIO / SPEECH[1]).read_bytes())
+    (root / ".cache").mkdir()
+    (root / ".cache" / "copy.wav").write_bytes((AUDIO / SPEECH[1]).read_bytes())
     return root
 
 
 def run(raw, out, *extra):
-    return build.main(["--modality", "audio", "--input", str(raw), "--output", str(out), "--quiet", "--workers", "1", *extra])
+    return cli.main(["--modality", "audio", "--input", str(raw), "--output", str(out), "--quiet", "--workers", "1", *extra])
+
+
+def manifest_of(out):
+    return json.loads((out / "manifest.json").read_text())
 
 
 def read_tars(out):
-    samples = {}
+    """{key: {ext: bytes}} of every shard, and the keys in shard order."""
+    samples, order = {}, []
     for tar_path in sorted(out.glob("shard-*.tar")):
         with tarfile.open(tar_path) as tar:
             for m in tar.getmembers():
                 key, ext = m.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return samples
+                if key not in samples:
+                    order.append(key)
+                assert ext not in samples.setdefault(key, {}), f"{m.name} twice"
+                samples[key][ext] = tar.extractfile(m).read()
+    return samples, order
+
+
+def hashes(out):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("shard-*"))}
 
 
 def test_round_trip_with_bad_files(raw, tmp_path, capsys):
     out = tmp_path / "shards"
     assert run(raw, out) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    good = [f"speech/{n}" for n in GOOD[:3]] + [f"alarm/{GOOD[3]}", "alarm/clip.mp4"]
-    assert manifest["num_samples"] == len(good) == sum(s["num_samples"] for s in manifest["shards"])
+    manifest = manifest_of(out)
+    assert manifest["num_samples"] == len(GOOD_ALL) == sum(s["num_samples"] for s in manifest["shards"])
+    assert manifest["total_bytes"] == sum((out / s["name"]).stat().st_size for s in manifest["shards"])
     reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
-    assert set(reasons) == {"speech/empty.wav", "speech/truncated.wav", "speech/notes.wav", "speech/noise.mp3", "silent_video.mp4"}
-    assert reasons["speech/empty.wav"] == "empty file"
-    assert "truncated" in reasons["speech/truncated.wav"]
-    assert "not decodable" in reasons["speech/notes.wav"] and "not decodable" in reasons["speech/noise.mp3"]
-    assert reasons["silent_video.mp4"] == "no audio stream"
-    assert manifest["ignored_files"] == 1  # README.txt; the hidden file is not even counted
-    assert "5 file(s) skipped" in capsys.readouterr().out
+    assert set(reasons) == set(BAD)
+    for path, expected in BAD.items():
+        assert expected in reasons[path], (path, reasons[path])
+    assert "PyAV" in reasons["speech/noise.mp3"]  # the container fallback was tried too
+    assert manifest["ignored_files"] == 1  # README.txt; hidden files are not even counted
+    assert manifest["options"]["transcode"] is False and manifest["options"]["max_count"] == 1000
+    printed = capsys.readouterr().out
+    assert f"{len(GOOD_ALL)} samples in 1 shard(s)" in printed and f"{len(BAD)} file(s) skipped" in printed
+    assert "speech/empty.wav: empty file" in printed
 
-    samples = read_tars(out)
-    assert set(samples) == {sample_key(p) for p in good}
-    for path in good[:4]:
+    samples, order = read_tars(out)
+    assert order == [sample_key(p) for p in GOOD_ALL]  # each good file exactly once, in input order
+    for path in GOOD:
         s = samples[sample_key(path)]
-        assert s["wav"] == (raw / path).read_bytes()  # original bytes, untouched
-        meta = json.loads(s["json"])
-        info = sf.info(raw / path)
-        assert meta["source"] == path and meta["sample_rate"] == info.samplerate
+        assert set(s) == {"wav", "json"} and s["wav"] == (raw / path).read_bytes()  # original bytes
+        meta, info = json.loads(s["json"]), sf.info(raw / path)
+        assert meta["source"] == path and meta["format"] == "wav" and meta["sample_rate"] == info.samplerate
         assert meta["frames"] == info.frames and meta["channels"] == 1
-        assert meta["duration"] == pytest.approx(info.duration, abs=1e-4)
+        assert meta["duration"] == pytest.approx(info.duration, abs=1e-6)
         assert "label" not in meta
+    disguised = samples[sample_key(DISGUISED)]
+    assert set(disguised) == {"flac", "json"} and disguised["flac"] == (raw / DISGUISED).read_bytes()
+    assert json.loads(disguised["json"])["format"] == "flac"
     clip = samples[sample_key("alarm/clip.mp4")]
     assert set(clip) == {"flac", "json"}
-    wave, sr = sf.read(io.BytesIO(clip["flac"]))
-    assert sr == 16000 and abs(len(wave) / sr - 4.0) < 0.1  # the 4 s speech track
+    wave, sr = sf.read(io.BytesIO(clip["flac"]), always_2d=True)
+    meta = json.loads(clip["json"])
+    assert (meta["format"], meta["sample_rate"], meta["channels"], meta["frames"]) == ("flac", sr, 1, len(wave))
+    assert sr == 16000 and abs(len(wave) / sr - sf.info(AUDIO / "arctic_a0007.wav").duration) < 0.1
 
-    # webdataset reads the same samples (raw bytes, no decoders)
-    urls = [str(p) for p in sorted(out.glob("shard-*.tar"))]
-    keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
-    assert sorted(keys) == sorted(samples)
+    # webdataset sees the same samples: raw bytes, no decoders
+    urls = [str(out / s["name"]) for s in manifest["shards"]]
+    seen = [(s["__key__"], s["json"], s.get("wav", s.get("flac"))) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    assert [k for k, _, _ in seen] == order
+    assert all(samples[k]["json"] == j and data in samples[k].values() for k, j, data in seen)
 
 
 def test_shard_limits(raw, tmp_path):
-    out = tmp_path / "a"
-    assert run(raw, out, "--max-count", "2") == 0
-    assert [s["num_samples"] for s in json.loads((out / "manifest.json").read_text())["shards"]] == [2, 2, 1]
-    out = tmp_path / "b"
-    assert run(raw, out, "--max-size", "1k") == 0
-    assert [s["num_samples"] for s in json.loads((out / "manifest.json").read_text())["shards"]] == [1] * 5
+    n = len(GOOD_ALL)
+    assert run(raw, tmp_path / "a", "--max-count", "2") == 0
+    counts = [s["num_samples"] for s in manifest_of(tmp_path / "a")["shards"]]
+    assert counts == [2] * (n // 2) + [1] * (n % 2) and len(counts) == math.ceil(n / 2)
+    assert run(raw, tmp_path / "b", "--max-size", "1k") == 0
+    assert [s["num_samples"] for s in manifest_of(tmp_path / "b")["shards"]] == [1] * n
+    assert read_tars(tmp_path / "a")[1] == read_tars(tmp_path / "b")[1]  # same samples, same order
 
 
 def test_rebuild_is_byte_identical_and_parallel_matches(raw, tmp_path):
     assert run(raw, tmp_path / "a", "--max-count", "2") == 0
-    assert run(raw, tmp_path / "b", "--max-count", "2", "--workers", "2") == 0
-    for shard in sorted((tmp_path / "a").glob("*.tar")):
-        twin = tmp_path / "b" / shard.name
-        assert hashlib.sha256(shard.read_bytes()).digest() == hashlib.sha256(twin.read_bytes()).digest()
-    assert not list((tmp_path / "a").glob("*.tmp"))
+    assert run(raw, tmp_path / "b", "--max-count", "2") == 0
+    assert run(raw, tmp_path / "c", "--max-count", "2", "--workers", "2") == 0
+    first = hashes(tmp_path / "a")
+    assert len(first) == 3 and not any(name.endswith(".tmp") for name in first)
+    assert hashes(tmp_path / "b") == first and hashes(tmp_path / "c") == first
+    assert manifest_of(tmp_path / "c")["shards"] == manifest_of(tmp_path / "a")["shards"]
+    assert manifest_of(tmp_path / "c")["skipped"] == manifest_of(tmp_path / "a")["skipped"]
 
 
-def test_interrupted_build_leaves_complete_shards_and_rerun_recovers(raw, tmp_path, monkeypatch):
-    from modalmae.shards import audio, build as build_module
-
+def test_interrupted_build_leaves_complete_shards_and_rerun_recovers(raw, tmp_path, monkeypatch, capsys):
     clean = tmp_path / "clean"
     assert run(raw, clean, "--max-count", "2") == 0
     out = tmp_path / "out"
-    calls = {"n": 0}
-    real = audio.prepare
+    assert run(raw, out, "--max-count", "1") == 0  # an earlier build with more shards
+    earlier = sorted(p.name for p in out.glob("shard-*.tar"))
+    (out / "shard-000009.tar.tmp").write_bytes(b"left by a killed run")
+    real, calls = audio.prepare, []
 
-    def flaky(path, relpath, options):
-        calls["n"] += 1
-        if calls["n"] == 8:
+    def interrupted(path, relpath, options):
+        calls.append(relpath)
+        if relpath == "speech/arctic_a0007.wav":  # the 5th file: the second shard holds one sample
             raise KeyboardInterrupt
         return real(path, relpath, options)
 
-    monkeypatch.setattr(audio, "prepare", flaky)
-    monkeypatch.setitem(build_module.MODALITIES, "audio", (audio, audio.AudioOptions))
-    with pytest.raises(KeyboardInterrupt):
-        run(raw, out, "--max-count", "2")
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["shard-000000.tar", "shard-000001.tar"]  # complete ones only, no .tmp, no manifest
+    monkeypatch.setattr(audio, "prepare", interrupted)
+    assert run(raw, out, "--max-count", "2") == 130
+    assert "interrupted" in capsys.readouterr().err
+    # this run's first shard is complete under its final name; its second, half-written one was
+    # deleted; no manifest says the folder is unfinished (older shards and .tmp stay until a rerun)
+    assert not (out / "manifest.json").exists() and not (out / "shard-000001.tar.tmp").exists()
+    assert (out / "shard-000000.tar").read_bytes() == (clean / "shard-000000.tar").read_bytes()
+
     monkeypatch.setattr(audio, "prepare", real)
     assert run(raw, out, "--max-count", "2") == 0
-    for shard in clean.glob("*.tar"):
-        assert shard.read_bytes() == (out / shard.name).read_bytes()
-    # a smaller rebuild removes the shards it no longer writes
-    assert run(raw, out, "--max-count", "10") == 0
-    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar"]
+    assert hashes(out) == hashes(clean)  # the earlier build's extra shards and the .tmp are gone
+    stale = [name for name in earlier if name not in hashes(clean)] + ["shard-000009.tar.tmp"]
+    assert len(stale) == len(GOOD_ALL) - math.ceil(len(GOOD_ALL) / 2) + 1
+    assert manifest_of(out)["removed_stale"] == stale
+    assert f"removed {len(stale)} stale file(s)" in capsys.readouterr().out
+
+
+class DiesWhenUnpickled:
+    """A job argument that kills the worker process receiving it, as a segfault in a native
+    decoder would. Unpickled as a bare ``os._exit(3)``, so workers import nothing of this file."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_worker_process_crash_skips_only_that_file():
+    jobs = [(AUDIO / name, name) for name in SPEECH + [ALARM]]
+    jobs.insert(2, (DiesWhenUnpickled(), "crashes.wav"))
+    results = list(prepare_all(audio.prepare, jobs, audio.Options(), workers=2))
+    assert [r.path if isinstance(r, Skip) else r.meta["source"] for r in results] == [rel for _, rel in jobs]
+    assert isinstance(results[2], Skip) and "worker process died" in results[2].reason
+    assert all(isinstance(r, Sample) for i, r in enumerate(results) if i != 2)
 
 
 def test_transcode_gives_mono_16k_flac(raw, tmp_path):
-    out = tmp_path / "t"
-    assert run(raw, out, "--transcode") == 0
-    for key, s in read_tars(out).items():
+    assert run(raw, tmp_path / "t", "--transcode") == 0
+    samples, order = read_tars(tmp_path / "t")
+    assert len(order) == len(GOOD_ALL)
+    rates = set()
+    for s in samples.values():
         assert set(s) == {"flac", "json"}
         wave, sr = sf.read(io.BytesIO(s["flac"]), always_2d=True)
         meta = json.loads(s["json"])
-        assert sr == 16000 and wave.shape[1] == 1 and meta["sample_rate"] == 16000
+        assert sr == 16000 and wave.shape[1] == 1 and sf.info(io.BytesIO(s["flac"])).subtype == "PCM_16"
+        assert (meta["format"], meta["sample_rate"], meta["channels"], meta["frames"]) == ("flac", 16000, 1, len(wave))
         source = raw / meta["source"]
         if source.suffix == ".wav":
+            rates.add(sf.info(source).samplerate)
             assert len(wave) / sr == pytest.approx(sf.info(source).duration, abs=1e-3)
+            assert np.abs(wave).max() > 0.05  # speech, not silence
+    assert rates == {16000, 48000}
 
 
-def test_labels_from_parent_and_csv(raw, tmp_path):
-    out = tmp_path / "p"
-    assert run(raw, out, "--label-from-parent") == 0
-    labels = {json.loads(s["json"])["source"]: json.loads(s["json"])["label"] for s in read_tars(out).values()}
-    assert labels[f"speech/{GOOD[0]}"] == "speech" and labels["alarm/clip.mp4"] == "alarm"
+def test_labels_from_parent_and_csv(raw, tmp_path, caplog):
+    assert run(raw, tmp_path / "p", "--label-from-parent") == 0
+    metas = [json.loads(s["json"]) for s in read_tars(tmp_path / "p")[0].values()]
+    assert {m["source"]: m["label"] for m in metas} == {p: p.split("/")[0] for p in GOOD_ALL}
+
     table = tmp_path / "labels.csv"
     with open(table, "w", newline="") as f:
-        csv.writer(f).writerows([["path", "label"], [f"speech/{GOOD[0]}", "male"], [f"alarm/{GOOD[3]}", "female"]])
-    out = tmp_path / "c"
-    assert run(raw, out, "--labels", str(table)) == 0
-    metas = {json.loads(s["json"])["source"]: json.loads(s["json"]) for s in read_tars(out).values()}
-    assert metas[f"speech/{GOOD[0]}"]["label"] == "male" and metas[f"alarm/{GOOD[3]}"]["label"] == "female"
-    assert "label" not in metas[f"speech/{GOOD[1]}"]
+        csv.writer(f).writerows([["path", "label"], [GOOD[0], "female"], [f"alarm/{ALARM}", "reader"], ["alarm/clip.mp4", "male"]])
+    with caplog.at_level(logging.WARNING):
+        assert run(raw, tmp_path / "c", "--labels", str(table)) == 0
+    metas = {m["source"]: m for m in (json.loads(s["json"]) for s in read_tars(tmp_path / "c")[0].values())}
+    assert {p: m.get("label") for p, m in metas.items()} == {
+        GOOD[0]: "female", GOOD[1]: None, GOOD[2]: None, f"alarm/{ALARM}": "reader", "alarm/clip.mp4": "male", DISGUISED: None,
+    }
+    assert "3 file(s) not in the labels CSV" in caplog.text  # once, with the count
+    with pytest.raises(SystemExit) as exc:
+        run(raw, tmp_path / "x", "--labels", str(table), "--label-from-parent")
+    assert exc.value.code == 2
 
 
 def test_exit_codes(tmp_path, capsys):
-    empty = tmp_path / "nothing"
-    empty.mkdir()
-    (empty / "bad.wav").write_bytes(b"")
-    assert run(empty, tmp_path / "o") == 1
-    assert "no usable audio file" in capsys.readouterr().err
-    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["skipped"][0]["reason"] == "empty file"
-    with pytest.raises(SystemExit) as exc:
-        run(tmp_path / "missing", tmp_path / "o2")
-    assert exc.value.code == 2
-    with pytest.raises(SystemExit) as exc:
-        build.main(["--modality", "audio", "--input", str(empty), "--max-size", "lots"])
-    assert exc.value.code == 2
+    useless = tmp_path / "useless"
+    useless.mkdir()
+    (useless / "bad.wav").write_bytes(b"")
+    assert run(useless, tmp_path / "o") == 1
+    assert "none of the 1 audio file(s)" in capsys.readouterr().err
+    assert manifest_of(tmp_path / "o")["skipped"] == [{"path": "bad.wav", "reason": "empty file"}]
+
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    (nothing / "notes.txt").write_text("no audio here")
+    assert run(nothing, tmp_path / "o2") == 1
+    assert "no audio file under" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+    for argv in (
+        ["--input", str(tmp_path / "missing")],
+        ["--input", str(useless / "bad.wav")],
+        ["--input", str(useless), "--max-size", "lots"],
+        ["--input", str(useless), "--workers", "0"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["--modality", "audio", "--output", str(tmp_path / "o3"), *argv])
+        assert exc.value.code == 2, argv
+    assert "no such directory" in capsys.readouterr().err
 
 
 def test_size_parsing():
-    assert build.parse_size("1e9") == 10**9
-    assert build.parse_size("500M") == 500 * 1024**2
-    assert build.parse_size("2g") == 2 * 1024**3
+    assert cli.parse_size("1e9") == 10**9
+    assert cli.parse_size("500M") == 500 * 10**6
+    assert cli.parse_size("2g") == 2 * 10**9
+    assert cli.parse_size("512MiB") == 512 * 2**20
+    assert cli.parse_size("1.5k") == 1500

@@ -1,9 +1,11 @@
+"""ShardWriter: rolling by count and size, fixed member metadata, byte-identical rebuilds, atomicity."""
+
 import hashlib
 import tarfile
 
 import pytest
 
-from modalmae.shards.writer import ShardWriter, member_bytes
+from modalmae.shards.writer import RECORD, ShardWriter, archive_size, remove_stale
 
 
 def digest(path):
@@ -18,25 +20,38 @@ def write(folder, samples, **limits):
     return w.shards
 
 
-SAMPLES = [(f"k{i}", {"bin": bytes([i]) * (100 * i + 1), "json": b"{}"}) for i in range(7)]
+# Sample i: a payload of 3000 * i + 1 bytes and a tiny json.
+SAMPLES = [(f"k{i}", {"bin": bytes([i]) * (3000 * i + 1), "json": b'{"i": %d}' % i}) for i in range(7)]
 
 
 def test_rolls_by_count_and_records_counts(tmp_path):
     shards = write(tmp_path / "a", SAMPLES, max_count=3, max_size=10**9)
     assert [s["num_samples"] for s in shards] == [3, 3, 1]
     assert [s["name"] for s in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert all(s["bytes"] == (tmp_path / "a" / s["name"]).stat().st_size for s in shards)
     with tarfile.open(tmp_path / "a" / "shard-000001.tar") as tar:
         assert tar.getnames() == ["k3.bin", "k3.json", "k4.bin", "k4.json", "k5.bin", "k5.json"]
-        member = tar.getmember("k3.bin")
-        assert (member.mtime, member.uid, member.mode) == (0, 0, 0o444)
-        assert tar.extractfile(member).read() == SAMPLES[3][1]["bin"]
-    assert all(s["bytes"] == (tmp_path / "a" / s["name"]).stat().st_size for s in shards)
+        for member in tar.getmembers():
+            assert (member.mtime, member.uid, member.gid, member.uname, member.gname, member.mode) == (0, 0, 0, "", "", 0o444)
+            assert member.pax_headers == {}  # plain USTAR headers
+        assert tar.extractfile("k3.bin").read() == SAMPLES[3][1]["bin"]
+        assert tar.extractfile("k4.json").read() == b'{"i": 4}'
+    assert (tmp_path / "a" / "shard-000000.tar").read_bytes()[257:263] == b"ustar\x00"  # POSIX magic
 
 
-def test_rolls_by_size_and_oversized_sample_gets_own_shard(tmp_path):
-    limit = member_bytes(301) + member_bytes(2) + member_bytes(401) + member_bytes(2)
-    shards = write(tmp_path / "a", SAMPLES[3:6], max_count=100, max_size=limit)
-    assert [s["num_samples"] for s in shards] == [2, 1]
+def test_rolls_by_size_on_disk_and_oversized_sample_gets_own_shard(tmp_path):
+    limit = 3 * RECORD  # room for about two of the 3-12 kB samples, padding included
+    shards = write(tmp_path / "a", SAMPLES, max_count=100, max_size=limit)
+    assert sum(s["num_samples"] for s in shards) == len(SAMPLES)
+    assert len(shards) > 2 and all(s["bytes"] <= limit for s in shards)
+    # Greedy: each shard is closed only because its next sample would not have fitted.
+    on_disk = [sum(512 + -(-len(d) // 512) * 512 for d in files.values()) for _, files in SAMPLES]
+    start = 0
+    for shard in shards[:-1]:
+        end = start + shard["num_samples"]
+        assert archive_size(sum(on_disk[start:end])) == shard["bytes"]
+        assert archive_size(sum(on_disk[start : end + 1])) > limit
+        start = end
     tiny = write(tmp_path / "b", SAMPLES[:3], max_count=100, max_size=10)
     assert [s["num_samples"] for s in tiny] == [1, 1, 1]
 
@@ -44,8 +59,20 @@ def test_rolls_by_size_and_oversized_sample_gets_own_shard(tmp_path):
 def test_byte_identical_rebuilds(tmp_path):
     write(tmp_path / "a", SAMPLES, max_count=3, max_size=10**9)
     write(tmp_path / "b", SAMPLES, max_count=3, max_size=10**9)
-    for name in ("shard-000000.tar", "shard-000002.tar"):
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 3
+    for name in names:
         assert digest(tmp_path / "a" / name) == digest(tmp_path / "b" / name)
+
+
+def test_long_name_falls_back_to_pax_for_that_member_only(tmp_path):
+    long_key = "x" * 120
+    write(tmp_path / "a", [("short", {"bin": b"1"}), (long_key, {"bin": b"2"})], max_count=10, max_size=10**9)
+    with tarfile.open(tmp_path / "a" / "shard-000000.tar") as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["short.bin", f"{long_key}.bin"]
+        assert members[0].pax_headers == {} and members[1].pax_headers == {"path": f"{long_key}.bin"}
+        assert tar.extractfile(members[1]).read() == b"2"
 
 
 def test_failure_mid_shard_leaves_only_complete_shards(tmp_path):
@@ -54,9 +81,22 @@ def test_failure_mid_shard_leaves_only_complete_shards(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(folder, max_count=3, max_size=10**9) as w:
             for i, (key, files) in enumerate(SAMPLES):
-                if i == 4:
+                if i == 4:  # one sample into the second shard
+                    assert (folder / "shard-000001.tar.tmp").exists()
                     raise RuntimeError("interrupted")
                 w.write(key, files)
-    assert sorted(p.name for p in folder.iterdir()) == ["shard-000000.tar"]
+    assert sorted(p.name for p in folder.iterdir()) == ["shard-000000.tar"]  # the .tmp is gone too
     with tarfile.open(folder / "shard-000000.tar") as tar:
         assert len(tar.getnames()) == 6
+
+
+def test_remove_stale_touches_only_our_files(tmp_path):
+    for name in ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar.tmp", "shard-extra.tar", "notes.tar", "manifest.json"]:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_stale(tmp_path, keep={"shard-000000.tar"}) == ["shard-000001.tar", "shard-000002.tar.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.tar", "shard-000000.tar", "shard-extra.tar"]
+
+
+def test_rejects_bad_limits(tmp_path):
+    with pytest.raises(ValueError):
+        ShardWriter(tmp_path, max_count=0, max_size=100)
