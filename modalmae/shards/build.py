@@ -1,163 +1,247 @@
 """Raw folder -> WebDataset shards + manifest.json, for any modality.
 
 The builder walks the input folder in sorted order, hands each candidate file to the
-modality's ``prepare`` in a pool of worker processes (results come back in input order, so the
-shards are deterministic), and writes the samples through ``ShardWriter``. A file that cannot
-be used becomes a ``Skip`` with its reason; nothing a worker raises stops the run. The manifest
-is written last, atomically: a folder with a manifest is a complete build.
+modality's ``prepare`` in worker processes (results come back in input order, a bounded number
+in flight, so the shards are deterministic and memory stays flat), and writes the samples
+through ``ShardWriter``. A file that cannot be used becomes a ``Skip`` with its reason; nothing
+a worker raises, not even a crash of the worker process, stops the run. The manifest is
+deleted when a build starts and written last, atomically: a folder with a manifest is a
+complete build. The format is documented in ``modalmae.data.schema``.
+
+A modality is any object (in practice a module such as ``modalmae.shards.audio``) with
+``NAME``, ``EXTENSIONS`` (lower-case suffixes with the dot), an ``Options`` dataclass and
+``prepare(path, relpath, options) -> Sample | Skip``. This file knows nothing else about it.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
-import sys
-from collections.abc import Iterator
-from dataclasses import asdict
-from pathlib import Path
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from modalmae import __version__
 from modalmae.data.schema import FORMAT_VERSION, MANIFEST_NAME, sample_key
-from modalmae.shards import audio
 from modalmae.shards.types import Sample, Skip
-from modalmae.shards.writer import ShardWriter
+from modalmae.shards.writer import ShardWriter, remove_stale
 
 log = logging.getLogger(__name__)
 
-# Modality name -> (module with EXTENSIONS and prepare(path, relpath, options), options class).
-MODALITIES = {"audio": (audio, audio.AudioOptions)}
+Job = tuple[Path, str]  # (absolute path, relative POSIX path)
 
 
-def find_files(root: Path, extensions: frozenset[str]) -> tuple[list[Path], int]:
-    """Candidate files under ``root`` in sorted relative-path order, and how many others were ignored."""
+class Modality(Protocol):
+    NAME: str
+    EXTENSIONS: frozenset[str]
+    Options: type
+
+    def prepare(self, path: Path, relpath: str, options: Any) -> Sample | Skip: ...
+
+
+class NoInputError(FileNotFoundError):
+    """The input folder holds no file the modality would even try."""
+
+
+def find_files(root: Path, extensions: frozenset[str]) -> tuple[list[str], int]:
+    """Relative POSIX paths of candidate files under ``root``, sorted, and how many other files
+    were ignored. Hidden files and folders are left out silently (``.git``, ``.DS_Store``)."""
     found, ignored = [], 0
-    for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
-        if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
-            continue
-        if path.suffix.lower() in extensions:
-            found.append(path)
-        else:
-            ignored += 1
-    return found, ignored
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # do not even descend
+        rel = PurePosixPath(Path(folder).relative_to(root).as_posix())
+        for name in names:
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() in extensions:
+                found.append((rel / name).as_posix())
+            else:
+                ignored += 1
+    return sorted(found), ignored
 
 
-def read_labels(csv_path: Path) -> dict[str, str]:
+def read_labels(csv_path: str | os.PathLike) -> dict[str, str]:
     """``path,label`` rows (a header row is allowed) -> {relative posix path: label}."""
     labels = {}
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8") as f:
         for i, row in enumerate(csv.reader(f)):
             if not row or (i == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
                 continue
             if len(row) < 2:
                 raise ValueError(f"{csv_path}:{i + 1}: expected 'path,label', got {row!r}")
-            labels[Path(row[0].strip()).as_posix()] = row[1].strip()
+            labels[PurePosixPath(row[0].strip()).as_posix()] = row[1].strip()
     return labels
 
 
-def _init_worker() -> None:
-    # Workers are single-threaded by design: parallelism comes from the pool.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
+def default_workers() -> int:
+    """The CPUs this process may run on (a container or taskset may allow fewer than exist)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _prepare(job: tuple) -> Sample | Skip:
-    modality, path, relpath, options = job
+def _safe_prepare(prepare: Callable, path: Path, relpath: str, options: Any) -> Sample | Skip:
     try:
-        return MODALITIES[modality][0].prepare(path, relpath, options)
+        return prepare(path, relpath, options)
     except Exception as e:  # noqa: BLE001 - one bad file must never end the build
         return Skip(relpath, f"{type(e).__name__}: {e}")
 
 
-def _results(jobs: list[tuple], workers: int) -> Iterator[Sample | Skip]:
+def _pool(workers: int, prepare: Callable) -> ProcessPoolExecutor:
+    # forkserver (spawn where there is none), not fork: the parent may run threads (tqdm's
+    # monitor, torch's pool), and forking a threaded process can deadlock the child.
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("forkserver")
+    # Workers fork from a server that has already imported the modality (numpy, FFmpeg, ...):
+    # milliseconds per worker instead of a second. Applies when the server starts, once per process.
+    context.set_forkserver_preload(["__main__", prepare.__module__])
+    return ProcessPoolExecutor(workers, mp_context=context)
+
+
+def _isolated(prepare: Callable, job: Job, options: Any) -> Sample | Skip:
+    """Run one job in a pool of its own, to tell which file killed a worker."""
+    with _pool(1, prepare) as pool:
+        try:
+            return pool.submit(_safe_prepare, prepare, *job, options).result()
+        except BrokenProcessPool:
+            return Skip(job[1], "the worker process died while preparing this file (a crash in a native decoder?)")
+
+
+def prepare_all(prepare: Callable, jobs: list[Job], options: Any, *, workers: int) -> Iterator[Sample | Skip]:
+    """``prepare`` of every job, yielded in job order; at most 2 x workers jobs in flight.
+
+    ``workers=1`` runs in this process (debuggers, monkeypatching in tests). When a worker
+    process dies, the jobs that were in flight are retried one by one in fresh processes, so
+    only the file that kills its process is skipped.
+    """
     if workers <= 1:
-        yield from map(_prepare, jobs)
+        yield from (_safe_prepare(prepare, *job, options) for job in jobs)
         return
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(_prepare, jobs, chunksize=1)
+    todo = deque(jobs)
+    while todo:
+        window: deque[tuple[Job, Future]] = deque()
+        pool = _pool(workers, prepare)
+        try:
+            while todo or window:
+                while todo and len(window) < 2 * workers:
+                    future = pool.submit(_safe_prepare, prepare, *todo[0], options)
+                    window.append((todo.popleft(), future))  # only once submitted: none gets lost
+                result = window[0][1].result()
+                window.popleft()
+                yield result
+        except BrokenProcessPool:
+            for job, future in window:
+                done = future.done() and future.exception() is None
+                yield future.result() if done else _isolated(prepare, job, options)
+        finally:
+            # On an interrupt, do not wait for the queued files; running ones finish on their own.
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _remove_stale(output: Path, keep: set[str]) -> list[str]:
-    """Shards of an earlier, bigger build (and leftover .tmp files) that would mislead a glob."""
-    stale = [p for p in output.glob("shard-*.tar*") if p.name not in keep]
-    for p in stale:
-        p.unlink()
-    return sorted(p.name for p in stale)
+def _options_record(options: Any) -> dict:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(vars(options))
 
 
 def build_shards(
     *,
-    modality: str,
+    modality: Modality,
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
+    options: Any = None,
     max_count: int = 1000,
     max_size: int = 10**9,
     workers: int | None = None,
-    labels: dict[str, str] | None = None,
+    labels: str | os.PathLike | Mapping[str, str] | None = None,
     label_from_parent: bool = False,
-    options: object | None = None,
     progress: bool = True,
 ) -> dict:
-    """Build shards of ``input_dir`` into ``output_dir``; returns the manifest (also written)."""
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
-    module, options_cls = MODALITIES[modality]
-    options = options if options is not None else options_cls()
+    """Build shards of ``input_dir`` into ``output_dir``; returns the manifest (also written).
+
+    ``options``: the modality's ``Options`` (default: its defaults). ``labels``: a ``path,label``
+    CSV file or a {relative path: label} mapping. ``workers``: processes preparing files
+    (default: the CPUs this process may use; 1 = in this process). Raises ``NoInputError``
+    before touching ``output_dir`` when the folder holds no candidate file at all.
+    """
     root, output = Path(input_dir), Path(output_dir)
     if not root.is_dir():
-        raise NotADirectoryError(f"--input {root}: not a directory")
-    output.mkdir(parents=True, exist_ok=True)
-    # Without a manifest a folder is visibly unfinished, even if this run is interrupted.
-    (output / MANIFEST_NAME).unlink(missing_ok=True)
+        raise NotADirectoryError(f"input {root}: not a directory")
+    if labels is not None and label_from_parent:
+        raise ValueError("give labels or label_from_parent, not both")
+    options = modality.Options() if options is None else options
+    table = dict(labels) if isinstance(labels, Mapping) else read_labels(labels) if labels is not None else None
 
-    files, ignored = find_files(root, module.EXTENSIONS)
-    jobs = [(modality, p, p.relative_to(root).as_posix(), options) for p in files]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
-    skipped, unlabeled, keys = [], 0, set()
+    relpaths, ignored = find_files(root, modality.EXTENSIONS)
+    if not relpaths:
+        raise NoInputError(
+            f"no {modality.NAME} file under {root} (looked for {' '.join(sorted(modality.EXTENSIONS))}; {ignored} other file(s) ignored)"
+        )
+    skipped: list[dict] = []
+    warnings: list[dict] = []
+    jobs = []
+    for rel in relpaths:
+        try:
+            rel.encode("utf-8")  # keys and the json need text; a raw-bytes name has none
+            jobs.append((root / rel, rel))
+        except UnicodeEncodeError:
+            skipped.append({"path": rel.encode("utf-8", "backslashreplace").decode(), "reason": "file name is not valid UTF-8"})
+    workers = max(1, min(workers or default_workers(), len(jobs)))
+
+    output.mkdir(parents=True, exist_ok=True)
+    # Without a manifest the folder is visibly unfinished, whatever happens from here on.
+    (output / MANIFEST_NAME).unlink(missing_ok=True)
+    unlabeled = written = 0
+    folder_name = root.resolve().name  # the "parent folder" of files at the top level
     with ShardWriter(output, max_count=max_count, max_size=max_size) as writer:
-        bar = tqdm(_results(jobs, workers), total=len(jobs), desc=f"{modality} shards", unit="file", disable=not progress)
+        results = prepare_all(modality.prepare, jobs, options, workers=workers)
+        bar = tqdm(results, total=len(jobs), desc=f"{modality.NAME} shards", unit="file", disable=not progress)
         for result in bar:
             if isinstance(result, Skip):
-                skipped.append(asdict(result))
+                skipped.append(dataclasses.asdict(result))
                 continue
             relpath = result.meta["source"]
-            key = sample_key(relpath)
-            if key in keys:  # two paths sanitising to the same key: keep the first, say so
-                skipped.append({"path": relpath, "reason": f"duplicate key {key}"})
-                continue
-            keys.add(key)
-            if labels is not None:
-                if relpath in labels:
-                    result.meta["label"] = labels[relpath]
+            if result.warning:
+                warnings.append({"path": relpath, "warning": result.warning})
+            if table is not None:
+                if relpath in table:
+                    result.meta["label"] = table[relpath]
                 else:
                     unlabeled += 1
             elif label_from_parent:
-                result.meta["label"] = Path(relpath).parent.name or root.name
+                result.meta["label"] = PurePosixPath(relpath).parent.name or folder_name
             files = {**result.files, "json": json.dumps(result.meta, sort_keys=True).encode()}
-            writer.write(key, files)
-            bar.set_postfix(shards_done=len(writer.shards), skipped=len(skipped), refresh=False)
+            writer.write(sample_key(relpath), files)
+            written += 1
+            bar.set_postfix(written=written, skipped=len(skipped), refresh=False)
     shards = writer.shards
-    stale = _remove_stale(output, {s["name"] for s in shards})
+    stale = remove_stale(output, keep={s["name"] for s in shards})
     if unlabeled:
-        log.warning("%d file(s) have no row in the labels CSV and were stored without a label", unlabeled)
+        log.warning("%d file(s) not in the labels CSV were stored without a label", unlabeled)
+    if table is not None and (unused := len(set(table) - set(relpaths))):
+        log.warning("%d row(s) of the labels CSV name no %s file under %s", unused, modality.NAME, root)
 
     manifest = {
         "format_version": FORMAT_VERSION,
-        "modality": modality,
+        "modality": modality.NAME,
         "num_samples": sum(s["num_samples"] for s in shards),
         "total_bytes": sum(s["bytes"] for s in shards),
         "shards": shards,
-        "skipped": skipped,
-        "ignored_files": ignored,
+        "skipped": sorted(skipped, key=lambda s: s["path"]),
+        "warnings": warnings,  # samples kept with a caveat (e.g. a video that decodes part-way)
+        "ignored_files": ignored,  # files with other extensions: counted, not listed
         "removed_stale": stale,
+        # What decides the shards' content; workers and progress do not, so they are left out.
         "options": {
             "input": str(root), "max_count": max_count, "max_size": max_size,
-            "label_from_parent": label_from_parent, "labels": labels is not None, **asdict(options),
+            "labels": None if labels is None else "mapping" if isinstance(labels, Mapping) else str(labels),
+            "label_from_parent": label_from_parent, **_options_record(options),
         },
         "created_by": f"modalmae {__version__}",
     }

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 class Sample:
     files: dict[str, bytes]  # extension -> bytes (the sample's json is added by the builder)
     meta: dict = field(default_factory=dict)  # goes into <key>.json
+    warning: str | None = None  # kept, but worth a line in the manifest (say, a partial video)
 
 
 @dataclass

@@ -1,0 +1,160 @@
+"""The video modality of the shard builder: probe, validate, optionally transcode, extract audio.
+
+Every file is opened with PyAV and decoded in full once, which both proves it and counts its
+frames (headers can be wrong). A file that stops decoding part-way is, by ``Options.partial``:
+
+- ``keep`` (default): stored as it is, with ``frames`` set to the frames that decode, so
+  clip sampling never reaches the broken tail; the json says ``"partial": true``;
+- ``skip``: left out, with the reason in the manifest.
+
+Transcoding is opt-in (``short_side`` and/or ``keyframe_interval``): H.264 in MP4, the short side
+scaled to ``short_side`` (VideoMAE uses 320 for Kinetics), a keyframe every
+``keyframe_interval`` frames (short intervals make the loader's seeks cheap). ``extract_audio``
+adds the first audio track as a 16 kHz mono FLAC entry of the same sample, so audio-visual
+training needs no re-sharding.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from modalmae.shards.audio import FlacSink, Unusable, av_blocks, mono_resampled
+from modalmae.shards.types import Sample, Skip
+
+NAME = "video"
+# Extension -> the entry name the original bytes are stored under (data.video.VIDEO_FORMATS).
+FORMATS = {
+    ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm",
+    ".avi": "avi", ".mpg": "mpg", ".mpeg": "mpg",
+}
+EXTENSIONS = frozenset(FORMATS)
+
+
+@dataclass(frozen=True)
+class Options:
+    partial: str = "keep"  # keep | skip: files that decode only part-way
+    short_side: int | None = None  # transcode: scale so the short side has this many pixels
+    keyframe_interval: int | None = None  # transcode: a keyframe every N frames
+    crf: int = 23  # transcode: x264 constant rate factor (lower = better, bigger)
+    extract_audio: bool = False  # add the audio track as 16 kHz mono FLAC
+    audio_sample_rate: int = 16000
+
+    @property
+    def transcode(self) -> bool:
+        return self.short_side is not None or self.keyframe_interval is not None
+
+
+def _message(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
+def probe(data: bytes) -> dict:
+    """Header facts and the count of frames that actually decode (and the error that stopped it)."""
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.video:
+            raise Unusable("no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        info = {
+            "fps": float(rate) if rate else None, "declared_frames": int(stream.frames or 0),
+            "width": stream.codec_context.width, "height": stream.codec_context.height,
+            "codec": stream.codec_context.name, "has_audio": bool(container.streams.audio),
+        }
+        decoded, error = 0, None
+        try:
+            for _ in container.decode(stream):
+                decoded += 1
+        except av.FFmpegError as e:
+            error = _message(e)
+    info.update(decoded_frames=decoded, error=error)
+    return info
+
+
+def transcode(data: bytes, *, short_side: int | None, keyframe_interval: int | None, crf: int, max_frames: int) -> tuple[bytes, int, int, int]:
+    """Re-encode as H.264 MP4 -> (bytes, frames, width, height); stops at ``max_frames``."""
+    out_buffer = io.BytesIO()
+    with av.open(io.BytesIO(data)) as source, av.open(out_buffer, "w", format="mp4") as sink:
+        stream = source.streams.video[0]
+        rate = Fraction(stream.average_rate or stream.guessed_rate or 25).limit_denominator(100000)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if short_side:
+            scale = short_side / min(width, height)
+            width, height = round(width * scale), round(height * scale)
+        width, height = width + width % 2, height + height % 2  # yuv420p needs even sides
+        encoder = sink.add_stream("libx264", rate=rate)
+        encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+        encoder.options = {"crf": str(crf), "preset": "veryfast"}
+        if keyframe_interval:
+            encoder.codec_context.gop_size = keyframe_interval
+            encoder.options = {**encoder.options, "keyint_min": str(keyframe_interval), "sc_threshold": "0"}
+        written = 0
+        try:
+            for frame in source.decode(stream):
+                if written >= max_frames:
+                    break
+                frame = frame.reformat(width=width, height=height, format="yuv420p")
+                frame.pts, frame.time_base = written, 1 / rate
+                sink.mux(encoder.encode(frame))
+                written += 1
+        except av.FFmpegError:
+            pass  # a partial file: keep what decoded (the probe already counted it)
+        sink.mux(encoder.encode(None))
+    return out_buffer.getvalue(), written, width, height
+
+
+def extract_audio(data: bytes, sample_rate: int) -> bytes | None:
+    """The first audio track as mono FLAC at ``sample_rate``, or None when there is none."""
+    sink = FlacSink()
+    try:
+        for block, rate in mono_resampled(av_blocks(data), sample_rate):
+            sink.write(block, rate)
+    except Unusable:
+        return None
+    return sink.close() if sink.frames else None
+
+
+def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
+    data = path.read_bytes()
+    if not data:
+        return Skip(relpath, "empty file")
+    try:
+        info = probe(data)
+    except Unusable as e:
+        return Skip(relpath, str(e))
+    except av.FFmpegError as e:
+        return Skip(relpath, f"not decodable video (PyAV: {_message(e)})")
+    decoded, declared = info["decoded_frames"], info["declared_frames"]
+    if decoded == 0:
+        return Skip(relpath, f"not decodable video: no frame decodes ({info['error'] or 'empty stream'})")
+    partial = info["error"] is not None or (declared and decoded < declared - 1)
+    why = f"decodes only {decoded} of {declared or '?'} frames" + (f" ({info['error']})" if info["error"] else "")
+    if partial and options.partial == "skip":
+        return Skip(relpath, f"partial: {why}")
+
+    fmt, width, height, stored = FORMATS[path.suffix.lower()], info["width"], info["height"], data
+    if options.transcode:
+        stored, decoded, width, height = transcode(
+            data, short_side=options.short_side, keyframe_interval=options.keyframe_interval,
+            crf=options.crf, max_frames=decoded,
+        )
+        fmt = "mp4"
+    fps = info["fps"]
+    meta = {
+        "source": relpath, "format": fmt, "frames": decoded, "fps": fps, "width": width, "height": height,
+        "duration": round(decoded / fps, 6) if fps else None, "codec": "h264" if options.transcode else info["codec"],
+        "source_codec": info["codec"], "has_audio": info["has_audio"], "transcoded": options.transcode,
+    }
+    if partial:
+        meta.update(partial=True, partial_reason=why)
+    files = {fmt: stored}
+    if options.extract_audio and info["has_audio"]:
+        audio = extract_audio(data, options.audio_sample_rate)
+        if audio is not None:
+            files["flac"] = audio
+            meta["audio"] = {"format": "flac", "sample_rate": options.audio_sample_rate, "channels": 1}
+    return Sample(files=files, meta=meta, warning=f"partial: {why}, kept" if partial else None)
