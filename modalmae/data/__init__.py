@@ -1,6 +1,5 @@
-"""Streaming shards into batches; ``schema.py`` documents what shards and batches hold."""
+"""Streaming shards into batches; ``schema.py`` documents what shards and batches hold.
 
-from modalmae.data.shards import ShardSet, resolve_shards
-from modalmae.data.stream import ShardStream, collate, make_loader
-
-__all__ = ["ShardSet", "resolve_shards", "ShardStream", "collate", "make_loader"]
+Kept import-light on purpose: the shard builder's worker processes import ``schema`` and must
+not pay for torch. Import ``modalmae.data.stream`` / ``.shards`` / ``.audio`` / ``.video``.
+"""

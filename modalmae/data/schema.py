@@ -14,14 +14,27 @@ Audio sample (modality ``"audio"``)::
                    "duration": seconds (float),
                    "label": str (only when labels were given: CSV or parent folder)}
 
+Video sample (modality ``"video"``)::
+
+    <key>.<fmt>   the video bytes; <fmt> is one of data.video.VIDEO_FORMATS (mp4, webm, mkv,
+                  avi, mov, mpg). The original file, or an H.264 MP4 when re-encoded.
+    <key>.flac    (only with ``--extract-audio`` and an audio track) 16 kHz mono FLAC
+    <key>.json    {"source", "format", "frames": frames that decode, "fps", "width", "height",
+                   "duration", "codec", "source_codec", "has_audio", "transcoded",
+                   "partial": true and "partial_reason" (only for files that decode part-way),
+                   "audio": {"format", "sample_rate", "channels"} (only with the flac entry),
+                   "label" (only when labels were given)}
+
 Keys are derived from the relative source path (``sample_key``), so rebuilding the same folder
 gives the same keys in the same order.
 
-``manifest.json`` next to the shards::
+``manifest.json`` next to the shards, written last (a folder without one is an unfinished build)::
 
-    {"format_version": 1, "modality": "audio", "num_samples": int, "total_bytes": int,
+    {"format_version": 1, "modality": "audio" | "video", "num_samples": int, "total_bytes": int,
      "shards": [{"name": "shard-000000.tar", "num_samples": int, "bytes": int}, ...],
      "skipped": [{"path": relative path, "reason": str}, ...],
+     "warnings": [{"path": relative path, "warning": str}, ...],  (kept with a caveat)
+     "ignored_files": int (files with other extensions), "removed_stale": [names of old shards],
      "options": {the build options}, "created_by": "modalmae <version>"}
 
 Batches (produced by ``modalmae.data``)
@@ -35,6 +48,11 @@ Audio (``AudioShardDataset`` + ``collate``)::
     "label"        list[str | None]   label from the sample json, None when absent
     "num_skipped"  int                corrupt samples the producing worker skipped since its
                                       previous batch (summed into the training metrics)
+
+Video (``VideoDecoder`` + ``collate``): the same keys with ``"video"`` instead of ``"fbank"``::
+
+    "video"        float32 [B, 3, T, S, S]  ImageNet-normalized clips; with repeated
+                                            augmentation K consecutive rows come from one video
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ import webdataset as wds
 from braceexpand import braceexpand
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from modalmae.data.schema import MANIFEST_NAME
+from modalmae.data.schema import MANIFEST_NAME, SHARD_PATTERN
+
+SHARD_GLOB = SHARD_PATTERN.replace("{index:06d}", "[0-9]" * 6)
 
 
 @dataclass
@@ -50,7 +52,8 @@ def _from_manifest(path: Path) -> ShardSet:
 
 
 def resolve_shards(spec: str | os.PathLike) -> ShardSet:
-    """A folder (its manifest.json, else its *.tar), a manifest file, or a brace pattern.
+    """A folder (its manifest.json, else its *.tar when they are not build_shards output), a
+    manifest file, or a brace pattern.
 
     ``shards/speech``, ``shards/speech/manifest.json`` and
     ``shards/speech/shard-{000000..000003}.tar`` all name the same shards; only the first two
@@ -61,6 +64,13 @@ def resolve_shards(spec: str | os.PathLike) -> ShardSet:
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
             return _from_manifest(path / MANIFEST_NAME)
+        if glob.glob(str(path / SHARD_GLOB)):
+            # build_shards deletes the manifest when it starts and writes it last: these shards
+            # may mix an interrupted build with an older one.
+            raise FileNotFoundError(
+                f"{spec}: shards without {MANIFEST_NAME}, so their build did not finish; rerun "
+                f"build_shards.py, or name the shards with a brace pattern to use them anyway"
+            )
         urls = sorted(glob.glob(str(path / "*.tar")))
         if not urls:
             raise FileNotFoundError(f"{spec}: folder has neither {MANIFEST_NAME} nor *.tar shards")

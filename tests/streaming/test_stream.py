@@ -65,6 +65,14 @@ def test_resolve_folder_manifest_and_brace(tmp_path):
         resolve_shards(str(folder / "shard-{000000..000005}.tar"))
     with pytest.raises(FileNotFoundError, match="neither"):
         resolve_shards(tmp_path)
+    # our shards without their manifest: an unfinished build, refused
+    (folder / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        resolve_shards(folder)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.tar").write_bytes((folder / "shard-000000.tar").read_bytes())
+    assert resolve_shards(other).urls == [str(other / "a.tar")]  # foreign tars: globbed
 
 
 def take(stream, n):
