@@ -34,7 +34,7 @@ from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
 from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
 from modalmae.data.video import VideoDecoder, clip_indices, decode_all_pyav, decode_pyav, make_clip, probe_pyav  # noqa: E402
 from modalmae.masking import running_cell_predict, tube_masking  # noqa: E402
-from modalmae.model import MaskedAutoencoder, mae_base, mae_tiny  # noqa: E402
+from modalmae.model import VIDEOMAE_DECODERS, MaskedAutoencoder, mae_base, mae_tiny  # noqa: E402
 from modalmae.tokenizers.video import VideoTubes  # noqa: E402
 
 
@@ -88,8 +88,12 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
     print(f"  loader, 2 workers:             {two:6.2f} clips/s  ({two / one:.2f}x one worker)")
 
 
+def video_config(size: str):
+    return {"tiny": mae_tiny, "base": mae_base}[size](**VIDEOMAE_DECODERS.get(size, {}))
+
+
 def ours_step(size: str, *, batch: int, decoder_mask: float):
-    cfg = {"tiny": mae_tiny, "base": mae_base}[size]()
+    cfg = video_config(size)
     model = MaskedAutoencoder(VideoTubes(embed_dim=cfg.encoder_dim), cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, 16, 224, 224)
@@ -109,7 +113,7 @@ def ours_step(size: str, *, batch: int, decoder_mask: float):
 def transformers_step(size: str, *, batch: int):
     import transformers
 
-    cfg = {"tiny": mae_tiny, "base": mae_base}[size]()
+    cfg = video_config(size)
     config = transformers.VideoMAEConfig(
         hidden_size=cfg.encoder_dim, num_hidden_layers=cfg.encoder_depth, num_attention_heads=cfg.encoder_heads,
         intermediate_size=4 * cfg.encoder_dim, decoder_hidden_size=cfg.decoder_dim, decoder_num_hidden_layers=cfg.decoder_depth,

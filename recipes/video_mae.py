@@ -27,7 +27,7 @@ from modalmae.data.shards import resolve_shards
 from modalmae.data.stream import ShardStream, make_loader
 from modalmae.data.video import BACKENDS, VideoDecoder
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
-from modalmae.model import PRESETS, MaskedAutoencoder
+from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
 from modalmae.train.config import PretrainConfig, arg, parse_config
 from modalmae.train.loop import pretrain
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
 
-    model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)
+    # VideoMAE's decoder (4 blocks, narrower than MAE's) for the standard sizes.
+    model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **VIDEOMAE_DECODERS.get(cfg.model, {}))
     tokenizer = VideoTubes(
         embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, image_size=cfg.input_size,
         tubelet_size=cfg.tubelet_size, patch_size=cfg.patch_size,

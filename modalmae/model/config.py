@@ -61,3 +61,12 @@ def mae_large(**overrides) -> MAEConfig:
 
 
 PRESETS = {"tiny": mae_tiny, "small": mae_small, "base": mae_base, "large": mae_large}
+
+
+# VideoMAE pairs its encoders with a smaller decoder than MAE's: 4 blocks, half the encoder's
+# width for ViT-S/B (192 / 384) and 512 for ViT-L, MLP ratio 4.
+VIDEOMAE_DECODERS = {
+    "small": {"decoder_dim": 192, "decoder_depth": 4, "decoder_heads": 3},
+    "base": {"decoder_dim": 384, "decoder_depth": 4, "decoder_heads": 6},
+    "large": {"decoder_dim": 512, "decoder_depth": 4, "decoder_heads": 8},
+}
