@@ -1,10 +1,11 @@
-"""Draw what a trained audio model reconstructs: spectrogram, masked input, reconstruction.
+"""Draw what a trained model reconstructs: the input, the masked input and the reconstruction.
 
-    python pipelines/reconstruct.py --checkpoint runs/demo-audio/model --audio speech.wav
-    python pipelines/reconstruct.py --checkpoint runs/demo-audio/model --shards shards/demo-audio --key KEY
+    python pipelines/reconstruct.py --checkpoint runs/demo-audio/model --file speech.wav
+    python pipelines/reconstruct.py --checkpoint runs/video_mae/model --shards shards/clips --key KEY
 
-Works on any folder written by ``save_pretrained`` (the ``model/`` folder of a run); the
-filterbank settings come from that folder's config.json.
+Works on any folder written by ``save_pretrained`` (the ``model/`` folder of a run). The
+checkpoint's tokenizer decides the modality: spectrograms are drawn as three stacked panels,
+videos as a grid of frames. Audio uses the filterbank settings saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ import random
 import sys
 from pathlib import Path
 
-import soundfile as sf
 import torch
 
 from modalmae.checkpoint import load_pretrained
-from modalmae.data.audio import AudioDecoder
 from modalmae.data.shards import iter_shard, resolve_shards
-from modalmae.masking import random_masking
-from modalmae.tokenizers.fbank import AudioFrontend
-from modalmae.viz import reconstruction_panels, save_spectrogram_figure
+from modalmae.masking import random_masking, tube_masking
+from modalmae.viz import reconstruction_panels, save_spectrogram_figure, save_video_figure
 
 
-def first_sample(shards: str, key: str | None) -> dict:
+def find_sample(shards: str, key: str | None) -> dict:
     for url in resolve_shards(shards).urls:
         for sample in iter_shard(url):
             if key is None or sample["__key__"] == key:
@@ -33,32 +31,62 @@ def first_sample(shards: str, key: str | None) -> dict:
     raise SystemExit(f"error: no sample {'with key ' + key + ' ' if key else ''}in {shards}")
 
 
+def audio_input(config: dict, sample: dict) -> torch.Tensor:
+    from modalmae.data.audio import AudioDecoder
+    from modalmae.tokenizers.fbank import AudioFrontend
+
+    frontend = AudioFrontend(**config["extra"]["frontend"])
+    return AudioDecoder(frontend, random_crop=False)(sample, random.Random(0))["fbank"]
+
+
+def video_input(config: dict, sample: dict, stride: int) -> torch.Tensor:
+    from modalmae.data.video import VideoDecoder
+
+    tok = config["tokenizer"]["config"]
+    decode = VideoDecoder(num_frames=tok["num_frames"], stride=stride, crop_size=tok["image_size"][0], train=False)
+    return decode(sample, random.Random(0))[0]["video"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a model folder (model.safetensors + config.json), e.g. runs/demo-audio/model")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--audio", help="an audio file to reconstruct (its first 10 s window)")
+    source.add_argument("--file", type=Path, help="a raw audio or video file (its first window / its centre clip)")
     source.add_argument("--shards", help="shards (folder, manifest or brace pattern): the first sample, or --key")
     parser.add_argument("--key", help="with --shards: the sample key to draw")
-    parser.add_argument("--mask-ratio", type=float, default=0.8, help="fraction of patches hidden from the encoder")
+    parser.add_argument("--mask-ratio", type=float, default=None, help="fraction of tokens hidden from the encoder (default: 0.8 for audio, 0.9 for video)")
+    parser.add_argument("--sampling-rate", type=int, default=4, help="video: stride between the clip's frames")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask")
     parser.add_argument("--output", default="reconstruction.png", help="PNG file to write")
     args = parser.parse_args(argv)
 
     model, config = load_pretrained(args.checkpoint)
-    frontend = AudioFrontend(**config["extra"]["frontend"])
-    if args.audio:
-        if not Path(args.audio).is_file():
-            parser.error(f"--audio {args.audio}: no such file")
-        wave, sr = sf.read(args.audio, dtype="float32", always_2d=True)
-        fbank, name = frontend(torch.from_numpy(wave.T), sr), Path(args.audio).name
+    kind = config["tokenizer"]["class"]
+    if args.file is not None:
+        if not args.file.is_file():
+            parser.error(f"--file {args.file}: no such file")
+        sample, name = {"__key__": args.file.name, args.file.suffix.lower().lstrip("."): args.file.read_bytes()}, args.file.name
     else:
-        sample = first_sample(args.shards, args.key)
-        fbank, name = AudioDecoder(frontend, random_crop=False)(sample, random.Random(0))["fbank"], sample["__key__"]
-    x = fbank[None]
-    masks = random_masking(1, model.tokenizer.num_tokens, args.mask_ratio, generator=torch.Generator().manual_seed(args.seed))
-    panels = reconstruction_panels(model, x, masks)
-    path = save_spectrogram_figure(panels, args.output, title=f"{name}: {args.mask_ratio:.0%} masked")
+        sample = find_sample(args.shards, args.key)
+        name = sample["__key__"]
+    generator = torch.Generator().manual_seed(args.seed)
+    if kind == "SpectrogramPatches":
+        ratio = 0.8 if args.mask_ratio is None else args.mask_ratio
+        x = audio_input(config, sample)[None]
+        masks = random_masking(1, model.tokenizer.num_tokens, ratio, generator=generator)
+        draw = save_spectrogram_figure
+    elif kind == "VideoTubes":
+        ratio = 0.9 if args.mask_ratio is None else args.mask_ratio
+        x = video_input(config, sample, args.sampling_rate)[None]
+        masks = tube_masking(1, model.tokenizer.grid, ratio, generator=generator)
+        draw = save_video_figure
+    else:
+        parser.error(f"--checkpoint: no picture for tokenizer {kind}")
+    try:
+        panels = reconstruction_panels(model, x, masks)
+    except ValueError as e:
+        parser.error(f"{name}: {e}")
+    path = draw(panels, args.output, title=f"{name}: {ratio:.0%} masked")
     print(f"wrote {path}")
     return 0
 
