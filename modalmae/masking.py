@@ -128,3 +128,16 @@ def running_cell_predict(masks: Masks, grid: tuple[int, int, int], ratio: float 
     keep = num_masked - int(round(ratio * num_masked))
     order = torch.argsort(score, dim=1)[:, :keep]
     return torch.gather(masks.ids_masked, 1, order)
+
+
+def block_masking(centres: Tensor, ratio: float, *, generator: torch.Generator) -> Masks:
+    """Point-MAE's block masking: per sample, a random token and its nearest neighbours (by
+    ``centres`` [B, L, c], e.g. point-group centres) are masked, ``round(ratio * L)`` in all."""
+    batch, length, _ = centres.shape
+    num_masked = num_masked_tokens(length, ratio)
+    seed = torch.randint(0, length, (batch,), generator=generator, device=generator.device).to(centres.device)
+    rows = torch.arange(batch, device=centres.device)
+    dist = (centres - centres[rows, seed][:, None]).pow(2).sum(-1)  # [B, L]
+    nearest = torch.argsort(dist, dim=1, stable=True)  # the seed first
+    order = torch.cat([nearest[:, num_masked:], nearest[:, :num_masked]], dim=1)
+    return masks_from_order(order, num_masked)

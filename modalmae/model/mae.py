@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from modalmae.masking import Masks
 from modalmae.model.config import MAEConfig
-from modalmae.model.loss import masked_mse
+from modalmae.model.loss import mse_per_token, weighted_mean
 from modalmae.model.transformer import Transformer, init_weights, window_attention_mask
 from modalmae.tokenizers.base import Tokens
 from modalmae.tokenizers.positions import grid_coordinates
@@ -57,16 +57,20 @@ class Encoder(nn.Module):
     def num_prefix_tokens(self) -> int:
         return 0 if self.cls_token is None else 1
 
-    def encode(self, embeddings: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-        """[B, L, D] embeddings (positions added) -> [B, prefix + Lk, D] for the kept tokens."""
+    def encode(self, embeddings: Tensor, ids_keep: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """[B, L, D] embeddings -> [B, prefix + Lk, D] for the kept tokens. ``positions`` [B, L, D]
+        are added before every block (tokenizers that set ``Tokens.positions``)."""
         x = embeddings if ids_keep is None else gather_tokens(embeddings, ids_keep)
+        pos = positions if positions is None or ids_keep is None else gather_tokens(positions, ids_keep)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.transformer(x)
+            pos = None if pos is None else torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+        return self.transformer(x, pos=pos)
 
     def forward(self, x: Tensor) -> Tensor:
         """Inputs of the tokenizer's modality -> [B, prefix + L, D] features."""
-        return self.encode(self.tokenizer(x).embeddings)
+        tokens = self.tokenizer(x)
+        return self.encode(tokens.embeddings, positions=tokens.positions)
 
     def pooled(self, x: Tensor, *, pool: str = "mean") -> Tensor:
         """[B, D] clip embedding: mean over patch tokens, or the CLS token."""
@@ -90,6 +94,7 @@ class Decoder(nn.Module):
             eps=config.norm_eps,
         )
         self.head = nn.Linear(dim, tokenizer.patch_dim)
+        self.pos_every_block = getattr(tokenizer, "pos_every_block", False)
         self.window = config.decoder_window
         if self.window is not None:
             if tokenizer.grid is None or len(tokenizer.grid) != len(self.window):
@@ -113,13 +118,18 @@ class Decoder(nn.Module):
         """latent [B, prefix + Lk, De] -> predictions [B, Lp, P] at ``ids_predict``."""
         x = self.embed(latent)
         pos = self.positions(tokens).expand(x.shape[0], -1, -1)  # [B, L, Dd]
-        prefix, visible = x[:, :num_prefix], x[:, num_prefix:] + gather_tokens(pos, ids_keep)
-        queries = self.mask_token + gather_tokens(pos, ids_predict)  # [B, Lp, Dd]
-        x = torch.cat([prefix, visible, queries], dim=1)
+        pos_visible, pos_predict = gather_tokens(pos, ids_keep), gather_tokens(pos, ids_predict)
+        queries = self.mask_token.expand(x.shape[0], ids_predict.shape[1], -1)  # [B, Lp, Dd]
+        block_pos = None
+        if self.pos_every_block:
+            x = torch.cat([x, queries], dim=1)
+            block_pos = torch.cat([torch.zeros_like(x[:, :num_prefix]), pos_visible, pos_predict], dim=1)
+        else:
+            x = torch.cat([x[:, :num_prefix], x[:, num_prefix:] + pos_visible, queries + pos_predict], dim=1)
         attn_masks = None
         if self.window is not None:
             attn_masks = self._window_masks(torch.cat([ids_keep, ids_predict], dim=1), num_prefix)
-        x = self.transformer(x, attn_masks)
+        x = self.transformer(x, attn_masks, pos=block_pos)
         return self.head(x[:, -ids_predict.shape[1] :])
 
 
@@ -147,7 +157,7 @@ class MaskedAutoencoder(nn.Module):
         """Encode the visible tokens, predict ``masks.ids_predict`` (default: every masked token)."""
         ids_predict = masks.ids_masked if masks.ids_predict is None else masks.ids_predict
         tokens = self.tokenizer(x)
-        latent = self.encoder.encode(tokens.embeddings, masks.ids_keep)
+        latent = self.encoder.encode(tokens.embeddings, masks.ids_keep, tokens.positions)
         pred = self.decoder(
             latent, tokens, ids_keep=masks.ids_keep, ids_predict=ids_predict, num_prefix=self.encoder.num_prefix_tokens
         )
@@ -159,5 +169,9 @@ class MaskedAutoencoder(nn.Module):
         if self.config.norm_pix_loss:
             mean, std = self.tokenizer.target_stats(target)
             target = (target - mean) / std
-        loss = masked_mse(pred_full, target, loss_mask)
+        # The loss is computed on the predicted tokens only: the tokenizer's own (Chamfer for
+        # point groups) or MSE, averaged over those that are masked.
+        target_predict = gather_tokens(target, ids_predict)
+        per_token = self.tokenizer.loss(pred, target_predict) if hasattr(self.tokenizer, "loss") else mse_per_token(pred, target_predict)
+        loss = weighted_mean(per_token, torch.gather(masks.mask, 1, ids_predict))
         return MAEOutput(loss=loss, pred=pred_full, target=target, mask=masks.mask, loss_mask=loss_mask)

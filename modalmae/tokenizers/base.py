@@ -12,7 +12,10 @@ masked autoencoder relies only on this contract:
 - ``tokenizer.patchify`` / ``tokenizer.unpatchify`` between inputs and [B, L, P] targets;
 - ``tokenizer.target_stats(targets) -> (mean, std)`` broadcastable to [B, L, P], the
   method's per-patch normalization of targets (``norm_pix_loss``);
-- ``tokenizer.config() -> dict``: the keyword arguments that rebuild it (saved with checkpoints).
+- ``tokenizer.config() -> dict``: the keyword arguments that rebuild it (saved with checkpoints);
+- optionally ``tokenizer.loss(pred, target) -> [B, L]``, a per-token loss replacing the MSE
+  (Chamfer for point groups), and ``tokenizer.pos_every_block = True`` when positions are
+  added before every block of the encoder and the decoder (Point-MAE).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ class Tokens:
     embeddings: Tensor  # [B, L, D] patch embeddings + positions
     targets: Tensor  # [B, L, P] raw patches the decoder reconstructs
     coords: Tensor | None = None  # [B, L, c] per-sample coordinates (e.g. point-group centres)
+    # [B, L, D] positions added before every block instead of once (Point-MAE); when set,
+    # ``embeddings`` do not include them.
+    positions: Tensor | None = None
 
 
 def patch_stats(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
