@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = MaskedAutoencoder(tokenizer, model_cfg)
 
-    def masking(batch_size: int, generator: torch.Generator):
-        return random_masking(batch_size, tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
+    def masking(x: torch.Tensor, generator: torch.Generator):
+        return random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
 
     result = pretrain(
         cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if accelerator.is_main_process:
         x = result.last_batch["fbank"][:1].to(accelerator.device)
-        masks = masking(1, torch.Generator().manual_seed(cfg.seed)).to(accelerator.device)
+        masks = masking(x, torch.Generator().manual_seed(cfg.seed)).to(accelerator.device)
         panels = reconstruction_panels(result.model, x, masks)
         picture = save_spectrogram_figure(
             panels, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}"

@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     model = MaskedAutoencoder(tokenizer, model_cfg)
     grid = tokenizer.grid
 
-    def masking(batch_size: int, generator: torch.Generator) -> Masks:
+    def masking(x: torch.Tensor, generator: torch.Generator) -> Masks:
         if cfg.masking == "tube":
-            masks = tube_masking(batch_size, grid, cfg.mask_ratio, generator=generator)
+            masks = tube_masking(x.shape[0], grid, cfg.mask_ratio, generator=generator)
         else:
-            masks = random_masking(batch_size, tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
+            masks = random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
         if cfg.decoder_mask_ratio > 0:
             masks = masks.with_decoder_masking(running_cell_predict(masks, grid, cfg.decoder_mask_ratio, generator=generator))
         return masks
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         x = result.last_batch["video"][:1].to(accelerator.device)
         # Draw every masked tube, also those a decoder-masked step would skip.
-        masks = replace(masking(1, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
+        masks = replace(masking(x, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
         picture = save_video_figure(
             reconstruction_panels(result.model, x, masks), result.output / "reconstruction.png",
             title=f"{result.last_batch['__key__'][0]} at step {result.step}",

@@ -85,13 +85,14 @@ def pretrain(
     accelerator: Accelerator,
     model: MaskedAutoencoder,
     make_loader: Callable[[int], DataLoader],
-    masking: Callable[[int, torch.Generator], Masks],
+    masking: Callable[[torch.Tensor, torch.Generator], Masks],
     input_key: str,
     epoch_samples: int | None = None,
     save_extra: dict | None = None,
 ) -> PretrainResult:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs`` passes over
-    ``epoch_samples`` samples, the manifest's count); ``make_loader(seed)`` builds the data."""
+    ``epoch_samples`` samples, the manifest's count); ``make_loader(seed)`` builds the data;
+    ``masking(x, generator)`` draws the masks of a batch ``x`` (most only need its size)."""
     output = Path(cfg.output)
     rank, world = accelerator.process_index, accelerator.num_processes
     effective_batch = cfg.batch_size * cfg.grad_accum * world
@@ -152,7 +153,7 @@ def pretrain(
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             x = batch[input_key].to(accelerator.device, non_blocking=True)
-            masks = masking(x.shape[0], generator).to(accelerator.device)
+            masks = masking(x, generator).to(accelerator.device)
             with accelerator.accumulate(model):
                 out = model(x, masks)
                 accelerator.backward(out.loss)
