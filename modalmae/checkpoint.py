@@ -23,6 +23,7 @@ from torch import nn
 
 from modalmae import __version__
 from modalmae.model import Encoder, MAEConfig, MaskedAutoencoder
+from modalmae.tokenizers.points import PointGroups
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
 from modalmae.tokenizers.video import VideoTubes
 
@@ -30,7 +31,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 # Tokenizers a checkpoint may name; listed explicitly (nothing registers itself on import).
-TOKENIZERS: dict[str, type[nn.Module]] = {"SpectrogramPatches": SpectrogramPatches, "VideoTubes": VideoTubes}
+TOKENIZERS: dict[str, type[nn.Module]] = {"SpectrogramPatches": SpectrogramPatches, "VideoTubes": VideoTubes, "PointGroups": PointGroups}
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -90,3 +90,50 @@ def save_video_figure(panels: dict[str, Tensor], path: str | Path, *, title: str
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+@torch.no_grad()
+def point_panels(model: MaskedAutoencoder, x: Tensor, masks: Masks, *, index: int = 0) -> dict[str, Tensor]:
+    """Packed point groups [B, G, 1 + k, 3] -> {"input", "visible", "reconstruction"} [n, 3] clouds
+    of sample ``index``: every grouped point, the visible groups, and the visible groups plus
+    the predicted masked ones (placed at their centres)."""
+    was_training = model.training
+    model.eval()
+    out = model(x, masks)
+    model.train(was_training)
+    tok = model.tokenizer
+    centres = x[:, :, 0]
+    truth = tok.unpatchify(tok.patchify(x), centres)[index]  # [G, k, 3]
+    guess = tok.unpatchify(out.pred, centres)[index]
+    hidden = masks.mask[index].bool()
+    return {
+        "input": truth.reshape(-1, 3).cpu(),
+        "visible": truth[~hidden].reshape(-1, 3).cpu(),
+        "reconstruction": torch.cat([truth[~hidden], guess[hidden]]).reshape(-1, 3).cpu(),
+    }
+
+
+def save_points_figure(panels: dict[str, Tensor], path: str | Path, *, title: str = "") -> Path:
+    """One 3-D scatter per panel, same axes limits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig = plt.figure(figsize=(4.2 * len(panels), 4.4))
+    lo, hi = panels["input"].min().item(), panels["input"].max().item()
+    for i, (name, pts) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1, projection="3d")
+        p = pts.numpy()
+        ax.scatter(p[:, 0], p[:, 2], p[:, 1], s=1.5, c=p[:, 1], cmap="viridis", vmin=lo, vmax=hi)
+        ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_zlim(lo, hi)
+        ax.set_title(name)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

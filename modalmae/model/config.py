@@ -70,3 +70,9 @@ VIDEOMAE_DECODERS = {
     "base": {"decoder_dim": 384, "decoder_depth": 4, "decoder_heads": 6},
     "large": {"decoder_dim": 512, "decoder_depth": 4, "decoder_heads": 8},
 }
+
+# Point-MAE: a 384-wide, 12-block encoder (our "small" but 6 heads) with a 4-block decoder of
+# the same width.
+POINTMAE_DECODERS = {
+    "small": {"decoder_dim": 384, "decoder_depth": 4, "decoder_heads": 6},
+}

@@ -1,0 +1,105 @@
+"""Point-MAE pretraining on WebDataset shards of point clouds (Pang et al. 2022).
+
+Streams the shards written by ``pipelines/build_shards.py --modality points``: each cloud is
+reduced to 1024 points (random subset, or --sampling fps), normalized into the unit sphere,
+scaled and shifted, and grouped in the loader (64 farthest-point centres x 32 nearest points);
+60 % of the groups are masked (random or block) and the decoder predicts their points, trained
+with the Chamfer distance (L2 as Point-MAE, or L1).
+
+    python recipes/point_mae.py --shards shards/scans --model tiny --max-steps 30
+    accelerate launch recipes/point_mae.py --shards shards/shapenet --model small
+
+Writes to --output: config.json, metrics.jsonl, checkpoints/step_*/ (resumable), model/ (the
+trained encoder + decoder with its tokenizer config; ``modalmae.checkpoint.load_encoder``),
+ranks/rank*.json, reconstruction.png.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from modalmae.data.points import PointDecoder
+from modalmae.data.shards import resolve_shards
+from modalmae.data.stream import ShardStream, make_loader
+from modalmae.masking import Masks, block_masking, random_masking
+from modalmae.model import POINTMAE_DECODERS, PRESETS, MaskedAutoencoder
+from modalmae.tokenizers.points import PointGroups
+from modalmae.train.config import PretrainConfig, arg, parse_config
+from modalmae.train.loop import pretrain
+from modalmae.viz import point_panels, save_points_figure
+
+
+@dataclass
+class PointMAEConfig(PretrainConfig):
+    output: str = arg("runs/point_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
+    model: str = arg("small", "model size preset (Point-MAE: small, 384 wide, with a 4-block 384-wide decoder)", choices=("tiny", "small", "base", "large"))
+    mask_ratio: float = arg(0.6, "fraction of point groups masked (Point-MAE: 0.6)")
+    masking: str = arg("random", "random groups, or block: a random group and its nearest neighbours", choices=("random", "block"))
+    norm_pix_loss: bool = arg(False, "must stay off: point groups are compared as sets (Chamfer)")
+    blr: float = arg(1e-3 * 256 / 128, "base learning rate for an effective batch of 256 (Point-MAE: 1e-3 at batch 128)")
+    num_points: int = arg(1024, "points per cloud fed to the grouping")
+    num_groups: int = arg(64, "groups (tokens) per cloud, their centres picked by farthest point sampling")
+    group_size: int = arg(32, "nearest points per group")
+    sampling: str = arg("random", "how --num-points are taken from a bigger cloud", choices=("random", "fps"))
+    loss: str = arg("chamfer_l2", "Chamfer distance on the masked groups: squared (L2, Point-MAE) or not (L1)", choices=("chamfer_l2", "chamfer_l1"))
+    augment: bool = arg(True, "Point-MAE's random per-axis scale (2/3 to 3/2) and shift (+-0.2)")
+    fast_grouping: bool = arg(True, "group with fpsample + scipy cKDTree in the loader when installed (same groups as the torch code)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    head, _, rest = __doc__.partition("\n\n")
+    cfg = parse_config(PointMAEConfig, argv, description=head, epilog=rest)
+    if cfg.norm_pix_loss:
+        raise SystemExit("error: --norm-pix-loss does not apply to point groups (the loss is a Chamfer distance)")
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)  # the same initial weights on every run and every rank
+
+    shards = resolve_shards(cfg.shards)
+    decode = PointDecoder(
+        num_points=cfg.num_points, num_groups=cfg.num_groups, group_size=cfg.group_size, sampling=cfg.sampling,
+        augment=cfg.augment, fast=None if cfg.fast_grouping else False,
+    )
+
+    def make_data(seed: int):
+        stream = ShardStream(
+            shards, decode, rank=accelerator.process_index, world_size=accelerator.num_processes,
+            seed=seed, shuffle_buffer=cfg.shuffle_buffer,
+        )
+        return make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
+
+    model_cfg = PRESETS[cfg.model](norm_pix_loss=False, **POINTMAE_DECODERS.get(cfg.model, {}))
+    tokenizer = PointGroups(embed_dim=model_cfg.encoder_dim, num_groups=cfg.num_groups, group_size=cfg.group_size, loss=cfg.loss)
+    model = MaskedAutoencoder(tokenizer, model_cfg)
+
+    def masking(x: torch.Tensor, generator: torch.Generator) -> Masks:
+        if cfg.masking == "block":
+            return block_masking(x[:, :, 0], cfg.mask_ratio, generator=generator)  # x: packed groups, centre first
+        return random_masking(x.shape[0], cfg.num_groups, cfg.mask_ratio, generator=generator)
+
+    result = pretrain(
+        cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
+        input_key="points", epoch_samples=shards.num_samples,
+    )
+
+    if accelerator.is_main_process:
+        x = result.last_batch["points"][:1].to(accelerator.device)
+        masks = masking(x, torch.Generator().manual_seed(cfg.seed)).to(accelerator.device)
+        picture = save_points_figure(
+            point_panels(result.model, x, masks), result.output / "reconstruction.png",
+            title=f"{result.last_batch['__key__'][0]} at step {result.step}",
+        )
+        print(f"\nshards:      {cfg.shards}")
+        print(f"metrics:     {result.output / 'metrics.jsonl'}")
+        print(f"picture:     {picture}")
+        print(f"checkpoints: {result.output / 'checkpoints'} (resume with --resume latest)")
+        print(f"model:       {result.output / 'model'} (modalmae.checkpoint.load_encoder)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
