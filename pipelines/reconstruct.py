@@ -5,7 +5,7 @@
 
 Works on any folder written by ``save_pretrained`` (the ``model/`` folder of a run). The
 checkpoint's tokenizer decides the modality: spectrograms are drawn as three stacked panels,
-videos as a grid of frames. Audio uses the filterbank settings saved with the checkpoint.
+videos as a grid of frames, point clouds as 3-D scatters (from shards, or a .npy file). Audio uses the filterbank settings saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from modalmae.checkpoint import load_pretrained
 from modalmae.data.shards import iter_shard, resolve_shards
 from modalmae.masking import random_masking, tube_masking
-from modalmae.viz import reconstruction_panels, save_spectrogram_figure, save_video_figure
+from modalmae.viz import point_panels, reconstruction_panels, save_points_figure, save_spectrogram_figure, save_video_figure
 
 
 def find_sample(shards: str, key: str | None) -> dict:
@@ -47,14 +47,23 @@ def video_input(config: dict, sample: dict, stride: int) -> torch.Tensor:
     return decode(sample, random.Random(0))[0]["video"]
 
 
+def points_input(config: dict, sample: dict) -> torch.Tensor:
+    from modalmae.data.points import PointDecoder
+
+    tok = config["tokenizer"]["config"]
+    num_points = max(1024, tok["num_groups"] * 4, tok["group_size"])
+    decode = PointDecoder(num_points=num_points, num_groups=tok["num_groups"], group_size=tok["group_size"], augment=False)
+    return decode(sample, random.Random(0))["points"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a model folder (model.safetensors + config.json), e.g. runs/demo-audio/model")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--file", type=Path, help="a raw audio or video file (its first window / its centre clip)")
+    source.add_argument("--file", type=Path, help="a raw audio or video file (its first window / its centre clip), or a .npy point array")
     source.add_argument("--shards", help="shards (folder, manifest or brace pattern): the first sample, or --key")
     parser.add_argument("--key", help="with --shards: the sample key to draw")
-    parser.add_argument("--mask-ratio", type=float, default=None, help="fraction of tokens hidden from the encoder (default: 0.8 for audio, 0.9 for video)")
+    parser.add_argument("--mask-ratio", type=float, default=None, help="fraction of tokens hidden from the encoder (default: 0.8 for audio, 0.9 for video, 0.6 for points)")
     parser.add_argument("--sampling-rate", type=int, default=4, help="video: stride between the clip's frames")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask")
     parser.add_argument("--output", default="reconstruction.png", help="PNG file to write")
@@ -75,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         x = audio_input(config, sample)[None]
         masks = random_masking(1, model.tokenizer.num_tokens, ratio, generator=generator)
         draw = save_spectrogram_figure
+    elif kind == "PointGroups":
+        ratio = 0.6 if args.mask_ratio is None else args.mask_ratio
+        x = points_input(config, sample)[None]
+        masks = random_masking(1, model.tokenizer.num_tokens, ratio, generator=generator)
+        draw = save_points_figure
     elif kind == "VideoTubes":
         ratio = 0.9 if args.mask_ratio is None else args.mask_ratio
         x = video_input(config, sample, args.sampling_rate)[None]
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.error(f"--checkpoint: no picture for tokenizer {kind}")
     try:
-        panels = reconstruction_panels(model, x, masks)
+        panels = (point_panels if kind == "PointGroups" else reconstruction_panels)(model, x, masks)
     except ValueError as e:
         parser.error(f"{name}: {e}")
     path = draw(panels, args.output, title=f"{name}: {ratio:.0%} masked")
