@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     result = pretrain(
         cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
         input_key="points", epoch_samples=shards.num_samples,
+        save_extra={"points": {"num_points": cfg.num_points, "sampling": cfg.sampling}},
     )
 
     if accelerator.is_main_process:

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     result = pretrain(
         cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
         input_key="video", epoch_samples=shards.num_samples * cfg.repeated_aug if shards.num_samples else None,
+        save_extra={"video": {"sampling_rate": cfg.sampling_rate}},
     )
 
     if accelerator.is_main_process:

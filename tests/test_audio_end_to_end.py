@@ -2,16 +2,21 @@
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import AUDIO, REPO, load_script
 from modalmae.checkpoint import load_encoder, load_pretrained
+from modalmae.data.audio import AudioDecoder
+from modalmae.data.shards import iter_shard, resolve_shards
+from modalmae.tokenizers.fbank import AudioFrontend
 from modalmae.train.loop import warmup_cosine
 
 TRAIN_ARGS = [
@@ -55,6 +60,19 @@ def test_pretrain_loss_falls_checkpoint_reloads_and_resume_continues(shards, tmp
     encoder, _ = load_encoder(run / "model")
     assert encoder.pooled(torch.zeros(2, 256, 128)).shape == (2, 192)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000010", "step_0000020"]
+
+    # Features of every sample, keyed, equal to the encoder's pooled output on the same input.
+    extract = load_script("pipelines/extract_features.py")
+    feats = tmp_path / "feats.npz"
+    assert extract.main(["--checkpoint", str(run / "model"), "--shards", str(shards), "--output", str(feats), "--quiet", "--workers", "1"]) == 0
+    table = np.load(feats)
+    manifest_keys = {k for url in resolve_shards(shards).urls for k in (s["__key__"] for s in iter_shard(url))}
+    assert set(table["keys"]) == manifest_keys and table["features"].shape == (8, 192)
+    sample = next(iter_shard(resolve_shards(shards).urls[0]))
+    frontend = AudioFrontend(**config["extra"]["frontend"])
+    direct = encoder.pooled(AudioDecoder(frontend, random_crop=False)(sample, random.Random(0))["fbank"][None])
+    row = list(table["keys"]).index(sample["__key__"])
+    assert np.allclose(table["features"][row], direct[0].detach().numpy(), atol=1e-5)
 
     # Resume: continues the step count and the schedule from step 20 to 26.
     assert recipe.main(["--shards", str(shards), "--output", str(run), "--max-steps", "26", "--resume", "latest", *TRAIN_ARGS]) == 0

@@ -1,0 +1,91 @@
+"""Embed every sample of a set of shards with a trained encoder: one pooled vector per key.
+
+    python pipelines/extract_features.py --checkpoint runs/demo-audio/model --shards shards/demo-audio --output feats.npz
+
+The checkpoint (a ``save_pretrained`` folder) decides the modality and the preprocessing: audio
+uses the filterbank it was trained with and each clip's first window; video the centre clip
+of the tokenizer's frame count at the training stride, centre-cropped; point clouds as many
+points as in training, without augmentation. The output ``.npz`` holds ``keys`` [N] (str),
+``features`` [N, D] float32 and ``labels`` [N] (str, empty when a sample has none); load it with
+``numpy.load(path)`` (no pickle needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from modalmae.checkpoint import load_encoder
+from modalmae.data.shards import resolve_shards
+from modalmae.data.stream import ShardStream, make_loader
+
+
+def make_decoder(config: dict, *, sampling_rate: int | None):
+    """(decoder, batch key) for the checkpoint's modality, evaluation preprocessing; settings the
+    recipe saved under ``extra`` (frontend, stride, points per cloud) are reused."""
+    kind, tok, extra = config["tokenizer"]["class"], config["tokenizer"]["config"], config.get("extra", {})
+    if kind == "SpectrogramPatches":
+        from modalmae.data.audio import AudioDecoder
+        from modalmae.tokenizers.fbank import AudioFrontend
+
+        return AudioDecoder(AudioFrontend(**config["extra"]["frontend"]), random_crop=False), "fbank"
+    if kind == "VideoTubes":
+        from modalmae.data.video import VideoDecoder
+
+        stride = sampling_rate or extra.get("video", {}).get("sampling_rate", 4)
+        return VideoDecoder(num_frames=tok["num_frames"], stride=stride, crop_size=tok["image_size"][0], train=False), "video"
+    if kind == "PointGroups":
+        from modalmae.data.points import PointDecoder
+
+        num_points = extra.get("points", {}).get("num_points", 1024)
+        return PointDecoder(num_points=num_points, num_groups=tok["num_groups"], group_size=tok["group_size"], augment=False), "points"
+    raise ValueError(f"no preprocessing known for tokenizer {kind}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a model folder written by save_pretrained (a run's model/)")
+    parser.add_argument("--shards", required=True, help="shards to embed: a folder from build_shards.py, its manifest.json, or a brace pattern")
+    parser.add_argument("--output", required=True, type=Path, help=".npz file to write (keys, features, labels)")
+    parser.add_argument("--pool", choices=("mean", "cls"), default="mean", help="mean over patch tokens, or the CLS token (only for encoders that have one)")
+    parser.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--sampling-rate", type=int, help="video: stride between the clip's frames (default: the one it was trained with)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the encoder runs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    encoder, config = load_encoder(args.checkpoint, map_location=args.device)
+    if args.pool == "cls" and encoder.cls_token is None:
+        parser.error("--pool cls: this encoder has no CLS token")
+    decode, key = make_decoder(config, sampling_rate=args.sampling_rate)
+    shards = resolve_shards(args.shards)
+    stream = ShardStream(shards, decode, epochs=1, shuffle_buffer=1, shuffle_shards=False)
+    loader = make_loader(stream, batch_size=args.batch_size, num_workers=args.workers)
+
+    keys, feats, labels, skipped = [], [], [], 0
+    bar = tqdm(total=shards.num_samples, desc="features", unit="sample", disable=args.quiet)
+    with torch.inference_mode():
+        for batch in loader:
+            feats.append(encoder.pooled(batch[key].to(args.device), pool=args.pool).float().cpu().numpy())
+            keys += batch["__key__"]
+            labels += [label or "" for label in batch["label"]]
+            skipped += batch["num_skipped"]
+            bar.update(len(batch["__key__"]))
+    bar.close()
+    if not keys:
+        print(f"error: no sample of {args.shards} could be read", file=sys.stderr)
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.output, keys=np.array(keys), features=np.concatenate(feats), labels=np.array(labels))
+    print(f"{len(keys)} samples x {feats[0].shape[1]} features -> {args.output}" + (f" ({skipped} unreadable, skipped)" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
