@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from modalmae.shards import NoInputError, audio, build_shards, default_workers, read_labels, video
+from modalmae.shards import NoInputError, audio, build_shards, default_workers, points, read_labels, video
 
 # name -> (modality module, its Options from the parsed flags). A new modality is one line here.
 MODALITIES = {
@@ -24,6 +24,7 @@ MODALITIES = {
         partial=args.partial, short_side=args.short_side, keyframe_interval=args.keyframe_interval,
         crf=args.crf, extract_audio=args.extract_audio, audio_sample_rate=args.sample_rate,
     )),
+    "points": (points, lambda args: points.Options(mesh_points=args.mesh_points, min_points=args.min_points)),
 }
 
 EPILOG = """examples:
@@ -33,6 +34,7 @@ EPILOG = """examples:
       --transcode --label-from-parent --max-size 500M --workers 8
   python pipelines/build_shards.py --modality video --input /data/kinetics/train --label-from-parent \\
       --short-side 320 --keyframe-interval 16 --extract-audio
+  python pipelines/build_shards.py --modality points --input /data/scans --mesh-points 8192
 
 exit status: 0 when shards were written (even if some files were skipped), 1 when no usable
 file was found, 2 on bad arguments, 130 when interrupted (finished shards are kept; rerun)."""
@@ -93,6 +95,9 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--keyframe-interval", type=positive_int, metavar="FRAMES", help="re-encode as H.264 with a keyframe every N frames, so clip decoding seeks close to its first frame")
     group.add_argument("--crf", type=int, default=23, help="x264 quality when re-encoding, lower is better and bigger (default: 23)")
     group.add_argument("--extract-audio", action="store_true", help="also store each video's first audio track as a 16 kHz mono FLAC entry of the same sample (for audio-visual training later)")
+    group = p.add_argument_group("points")
+    group.add_argument("--mesh-points", type=positive_int, default=8192, metavar="N", help="meshes (.off .obj .stl, .ply with faces) become N points sampled on their surface, by area (default: 8192)")
+    group.add_argument("--min-points", type=positive_int, default=32, metavar="N", help="skip clouds with fewer points (default: 32, one Point-MAE group)")
     return p
 
 

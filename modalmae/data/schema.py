@@ -25,12 +25,21 @@ Video sample (modality ``"video"``)::
                    "audio": {"format", "sample_rate", "channels"} (only with the flac entry),
                    "label" (only when labels were given)}
 
+Point-cloud sample (modality ``"points"``)::
+
+    <key>.npy     float32 [N, 3 + C]: x y z first, then the columns the json names (normals
+                  nx ny nz, colours red green blue in [0, 1], intensities, ...); meshes are
+                  sampled on their surface (xyz only). Saved without pickle.
+    <key>.json    {"source", "format", "num_points", "columns": ["x", "y", "z", ...],
+                   "bounds": {"min": [x, y, z], "max": [x, y, z]}, "from_mesh": bool,
+                   "mesh_faces": int (meshes only), "label" (only when labels were given)}
+
 Keys are derived from the relative source path (``sample_key``), so rebuilding the same folder
 gives the same keys in the same order.
 
 ``manifest.json`` next to the shards, written last (a folder without one is an unfinished build)::
 
-    {"format_version": 1, "modality": "audio" | "video", "num_samples": int, "total_bytes": int,
+    {"format_version": 1, "modality": "audio" | "video" | "points", "num_samples": int, "total_bytes": int,
      "shards": [{"name": "shard-000000.tar", "num_samples": int, "bytes": int}, ...],
      "skipped": [{"path": relative path, "reason": str}, ...],
      "warnings": [{"path": relative path, "warning": str}, ...],  (kept with a caveat)
@@ -53,6 +62,12 @@ Video (``VideoDecoder`` + ``collate``): the same keys with ``"video"`` instead o
 
     "video"        float32 [B, 3, T, S, S]  ImageNet-normalized clips; with repeated
                                             augmentation K consecutive rows come from one video
+
+Points (``PointDecoder`` + ``collate``): the same keys with, instead of ``"fbank"``::
+
+    "points"       float32 [B, G, 1 + k, 3] packed groups: each group's centre, then its k
+                                            points relative to it (PointGroups' input)
+    "cloud"        float32 [B, N, 3]        the sampled, normalized, augmented cloud
 """
 
 from __future__ import annotations

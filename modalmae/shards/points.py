@@ -1,0 +1,205 @@
+"""The point-cloud modality of the shard builder: read scans and meshes, validate, store float32.
+
+Readers, all light: numpy for ``.npy`` / ``.npz`` and whitespace text (``.xyz``, ``.pts``,
+``.txt``), plyfile for ``.ply`` (binary or ASCII, any extra per-vertex properties), a small
+reader here for ``.pcd`` (ASCII and binary), trimesh for meshes (``.off``, ``.obj``, ``.stl``).
+A ``.ply`` with faces is a mesh too. Meshes become ``mesh_points`` points by area-weighted
+surface sampling, seeded from the file's relative path so rebuilds are identical.
+
+Each sample stores ``<key>.npy``: float32 [N, 3 + C], xyz first, then the extra columns the
+json names (normals, colours scaled to [0, 1], intensities, ...). Clouds with NaN / inf, no
+points, all points equal or fewer than ``min_points`` (one Point-MAE group) are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modalmae.shards.types import Sample, Skip
+
+NAME = "points"
+POINT_EXTENSIONS = frozenset({".npy", ".npz", ".xyz", ".pts", ".txt", ".pcd", ".ply"})
+MESH_EXTENSIONS = frozenset({".off", ".obj", ".stl"})
+EXTENSIONS = POINT_EXTENSIONS | MESH_EXTENSIONS
+NPZ_NAMES = ("points", "xyz", "pos", "pc", "data")
+COLOURS = ("red", "green", "blue", "alpha")
+
+
+@dataclass(frozen=True)
+class Options:
+    mesh_points: int = 8192  # points sampled from each mesh's surface
+    min_points: int = 32  # fewer than this cannot form one Point-MAE group
+
+
+class Unusable(ValueError):
+    """The file holds no usable cloud; the message is the skip reason."""
+
+
+def _generic(width: int) -> list[str]:
+    return ["x", "y", "z"] + [f"f{i}" for i in range(3, width)]
+
+
+def read_array(array: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        raise Unusable(f"not a numeric array (dtype {array.dtype})")
+    if array.ndim != 2 or array.shape[1] < 3:
+        raise Unusable(f"expected an [N, 3+] array, got shape {list(array.shape)}")
+    return array, _generic(array.shape[1])
+
+
+def read_npz(data: bytes) -> tuple[np.ndarray, list[str]]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        names = list(archive.keys())
+        pick = next((n for n in NPZ_NAMES if n in names), names[0] if len(names) == 1 else None)
+        if pick is None:
+            raise Unusable(f"no array named {'/'.join(NPZ_NAMES)} among {names}")
+        return read_array(archive[pick])
+
+
+def read_text(data: bytes, suffix: str) -> tuple[np.ndarray, list[str]]:
+    try:
+        array = np.loadtxt(io.BytesIO(data), ndmin=2, comments="#", dtype=np.float64)
+    except ValueError as e:
+        raise Unusable(f"not whitespace-separated numbers ({e})") from e
+    array, columns = read_array(array)
+    if suffix == ".xyz" and array.shape[1] == 6:  # the x y z nx ny nz convention of .xyz scans
+        columns = ["x", "y", "z", "nx", "ny", "nz"]
+    return array, columns
+
+
+PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
+             ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
+
+
+def read_pcd(data: bytes) -> tuple[np.ndarray, list[str]]:
+    """Point Cloud Library's format: a text header, then ASCII or binary rows."""
+    header, pos = {}, 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            raise Unusable("PCD header has no DATA line")
+        line = data[pos:end].decode("ascii", "replace").strip()
+        pos = end + 1
+        if line and not line.startswith("#"):
+            key, *values = line.split()
+            header[key.upper()] = values
+            if key.upper() == "DATA":
+                break
+    try:
+        fields, sizes, types = header["FIELDS"], [int(s) for s in header["SIZE"]], header["TYPE"]
+        counts = [int(c) for c in header.get("COUNT", ["1"] * len(fields))]
+        points = int(header["POINTS"][0])
+        dtype = np.dtype([(f, PCD_TYPES[(t, s)], (c,)) if c > 1 else (f, PCD_TYPES[(t, s)]) for f, s, t, c in zip(fields, sizes, types, counts)])
+    except (KeyError, ValueError) as e:
+        raise Unusable(f"bad PCD header ({e})") from e
+    mode = header["DATA"][0].lower()
+    if mode == "ascii":
+        rows = np.loadtxt(io.BytesIO(data[pos:]), ndmin=2)
+        table = {f: rows[:, i] for i, f in enumerate(fields)} if all(c == 1 for c in counts) else None
+        if table is None:
+            raise Unusable("ASCII PCD with multi-count fields is not supported")
+    elif mode == "binary":
+        table = np.frombuffer(data, dtype=dtype, count=points, offset=pos)
+    else:
+        raise Unusable(f"PCD data '{mode}' is not supported (ascii or binary)")
+    if not {"x", "y", "z"} <= set(fields):
+        raise Unusable(f"PCD has no x y z fields (has {fields})")
+    extra = [f for f, c in zip(fields, counts) if f not in ("x", "y", "z") and c == 1]
+    array = np.stack([np.asarray(table[f], dtype=np.float64) for f in ("x", "y", "z", *extra)], axis=1)
+    return array, ["x", "y", "z", *extra]
+
+
+def vertex_columns(vertex) -> tuple[np.ndarray, list[str]]:
+    """A PLY vertex element -> [N, 3 + C] with colours scaled to [0, 1]."""
+    names = [n for n in vertex.data.dtype.names if vertex.data[n].ndim == 1]
+    if not {"x", "y", "z"} <= set(names):
+        raise Unusable(f"PLY vertices have no x y z (properties: {names})")
+    ordered = ["x", "y", "z"] + [n for n in names if n not in ("x", "y", "z")]
+    cols = []
+    for n in ordered:
+        col = np.asarray(vertex.data[n], dtype=np.float64)
+        if n in COLOURS and np.issubdtype(vertex.data[n].dtype, np.integer):
+            col = col / np.iinfo(vertex.data[n].dtype).max
+        cols.append(col)
+    return np.stack(cols, axis=1), ordered
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` points uniformly on a triangle mesh: faces drawn by area, then a uniform
+    point in each (the square-root barycentric trick)."""
+    tri = vertices[faces]  # [F, 3, 3]
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    total = areas.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise Unusable("mesh has no surface area")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(faces), size=count, p=areas / total)
+    r1, r2 = np.sqrt(rng.random(count))[:, None], rng.random(count)[:, None]
+    a, b, c = tri[chosen, 0], tri[chosen, 1], tri[chosen, 2]
+    return (1 - r1) * a + r1 * (1 - r2) * b + r1 * r2 * c
+
+
+def read_file(data: bytes, suffix: str, relpath: str, options: Options) -> tuple[np.ndarray, list[str], int | None]:
+    """(array [N, 3 + C], column names, mesh face count or None)."""
+    seed = int.from_bytes(hashlib.sha1(relpath.encode()).digest()[:8], "little")
+    if suffix == ".npy":
+        return (*read_array(np.load(io.BytesIO(data), allow_pickle=False)), None)
+    if suffix == ".npz":
+        return (*read_npz(data), None)
+    if suffix in (".xyz", ".pts", ".txt"):
+        return (*read_text(data, suffix), None)
+    if suffix == ".pcd":
+        return (*read_pcd(data), None)
+    if suffix == ".ply":
+        import plyfile
+
+        ply = plyfile.PlyData.read(io.BytesIO(data))
+        if "vertex" not in ply:
+            raise Unusable("PLY has no vertex element")
+        if "face" in ply and ply["face"].count > 0:
+            faces = np.stack([np.asarray(f, dtype=np.int64)[:3] for f in ply["face"].data[ply["face"].data.dtype.names[0]]])
+            xyz = np.stack([np.asarray(ply["vertex"].data[c], dtype=np.float64) for c in "xyz"], axis=1)
+            return sample_surface(xyz, faces, options.mesh_points, seed), ["x", "y", "z"], len(faces)
+        return (*vertex_columns(ply["vertex"]), None)
+    import trimesh
+
+    mesh = trimesh.load(io.BytesIO(data), file_type=suffix.lstrip("."), force="mesh", process=False)
+    if len(mesh.faces) == 0:
+        raise Unusable("mesh has no faces")
+    return sample_surface(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces), options.mesh_points, seed), ["x", "y", "z"], len(mesh.faces)
+
+
+def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
+    data = path.read_bytes()
+    if not data:
+        return Skip(relpath, "empty file")
+    try:
+        array, columns, faces = read_file(data, path.suffix.lower(), relpath, options)
+    except Unusable as e:
+        return Skip(relpath, str(e))
+    except Exception as e:  # noqa: BLE001 - any reader failure is a reason to skip, not to stop
+        return Skip(relpath, f"not a readable point cloud ({type(e).__name__}: {e})")
+    xyz = array[:, :3]
+    if len(array) == 0:
+        return Skip(relpath, "no points")
+    if not np.isfinite(xyz).all():
+        return Skip(relpath, f"{int((~np.isfinite(xyz)).any(axis=1).sum())} point(s) with NaN or inf coordinates")
+    if (xyz == xyz[0]).all():
+        return Skip(relpath, "degenerate: all points are equal")
+    if len(array) < options.min_points:
+        return Skip(relpath, f"only {len(array)} points, fewer than --min-points {options.min_points}")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    meta = {
+        "source": relpath, "format": path.suffix.lower().lstrip("."), "num_points": len(array), "columns": columns,
+        "bounds": {"min": xyz.min(axis=0).astype(float).round(6).tolist(), "max": xyz.max(axis=0).astype(float).round(6).tolist()},
+        "from_mesh": faces is not None,
+    }
+    if faces is not None:
+        meta["mesh_faces"] = faces
+    return Sample(files={"npy": buf.getvalue()}, meta=meta)
