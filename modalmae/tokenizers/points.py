@@ -9,7 +9,8 @@ before *every* transformer block (``pos_every_block``). Targets are the groups' 
 
 Grouping is not learned, so it can run in DataLoader workers (``group_points``) where the CPU
 fast paths apply: ``fpsample`` for FPS and scipy's cKDTree for kNN give the same groups as
-the torch code (tested). The tokenizer takes raw clouds [B, N, 3] or grouped ones packed as
+the torch code (tested), except where two FPS candidates are equally far to float rounding,
+which the two implementations may break differently. The tokenizer takes raw clouds [B, N, 3] or grouped ones packed as
 [B, G, 1 + k, 3] (centre first, then its k points relative to it).
 """
 
