@@ -17,6 +17,27 @@ from modalmae.masking import Masks
 from modalmae.model import MaskedAutoencoder
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported lazily."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: str | Path, title: str) -> Path:
+    path = Path(path)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 @torch.no_grad()
 def reconstruction_panels(model: MaskedAutoencoder, x: Tensor, masks: Masks) -> dict[str, Tensor]:
     """x: a batch of inputs -> {"input", "masked", "reconstruction"} in input space, on CPU."""
@@ -41,35 +62,19 @@ def reconstruction_panels(model: MaskedAutoencoder, x: Tensor, masks: Masks) -> 
 
 def save_spectrogram_figure(panels: dict[str, Tensor], path: str | Path, *, title: str = "", index: int = 0) -> Path:
     """Three stacked spectrograms [T, F] (time on x, mel bins on y) of sample ``index``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = _pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.4 * len(panels)), sharex=True)
     vmin, vmax = panels["input"][index].min().item(), panels["input"][index].max().item()
     for ax, (name, spec) in zip(axes, panels.items()):
         ax.imshow(spec[index].T.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_ylabel(f"{name}\nmel bin")
     axes[-1].set_xlabel("frame (10 ms)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def save_video_figure(panels: dict[str, Tensor], path: str | Path, *, title: str = "", index: int = 0, max_frames: int = 8) -> Path:
     """A grid: one row per panel, one column per shown frame, of pixel-space clips [C, T, H, W]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = _pyplot()
     frames = panels["input"].shape[2]
     shown = sorted({round(i * (frames - 1) / max(1, min(max_frames, frames) - 1)) for i in range(min(max_frames, frames))})
     fig, axes = plt.subplots(len(panels), len(shown), figsize=(1.8 * len(shown), 1.9 * len(panels)), squeeze=False)
@@ -83,13 +88,7 @@ def save_video_figure(panels: dict[str, Tensor], path: str | Path, *, title: str
                 ax.set_ylabel(name)
             if row == 0:
                 ax.set_title(f"frame {t}", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 @torch.no_grad()
@@ -115,12 +114,7 @@ def point_panels(model: MaskedAutoencoder, x: Tensor, masks: Masks, *, index: in
 
 def save_points_figure(panels: dict[str, Tensor], path: str | Path, *, title: str = "") -> Path:
     """One 3-D scatter per panel, same axes limits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = _pyplot()
     fig = plt.figure(figsize=(4.2 * len(panels), 4.4))
     lo, hi = panels["input"].min().item(), panels["input"].max().item()
     for i, (name, pts) in enumerate(panels.items()):
@@ -130,10 +124,4 @@ def save_points_figure(panels: dict[str, Tensor], path: str | Path, *, title: st
         ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_zlim(lo, hi)
         ax.set_title(name)
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)

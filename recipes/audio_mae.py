@@ -23,13 +23,12 @@ from accelerate.utils import set_seed
 
 from modalmae.data.audio import AudioDecoder
 from modalmae.data.shards import resolve_shards
-from modalmae.data.stream import ShardStream, make_loader
 from modalmae.masking import random_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.fbank import AudioFrontend
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
 from modalmae.train.config import PretrainConfig, arg, parse_config
-from modalmae.train.loop import pretrain
+from modalmae.train.loop import pretrain, print_outputs
 from modalmae.viz import reconstruction_panels, save_spectrogram_figure
 
 
@@ -58,13 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         mean=cfg.fbank_mean, std=cfg.fbank_std,
     )
     shards = resolve_shards(cfg.shards)
-
-    def make_data(seed: int):
-        stream = ShardStream(
-            shards, AudioDecoder(frontend), rank=accelerator.process_index, world_size=accelerator.num_processes,
-            seed=seed, shuffle_buffer=cfg.shuffle_buffer,
-        )
-        return make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
+    decode = AudioDecoder(frontend)
 
     window = dict(decoder_window=(4, 4), decoder_shift=(2, 0)) if cfg.local_attention else {}
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **window)
@@ -77,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
 
     result = pretrain(
-        cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
-        input_key="fbank", epoch_samples=shards.num_samples, save_extra={"frontend": frontend.config()},
+        cfg, accelerator=accelerator, model=model, shards=shards, decode=decode, masking=masking,
+        input_key="fbank", save_extra={"frontend": frontend.config()},
     )
 
     if accelerator.is_main_process:
@@ -88,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         picture = save_spectrogram_figure(
             panels, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}"
         )
-        print(f"\nshards:      {cfg.shards}")
-        print(f"metrics:     {result.output / 'metrics.jsonl'}")
-        print(f"picture:     {picture}")
-        print(f"checkpoints: {result.output / 'checkpoints'} (resume with --resume latest)")
-        print(f"model:       {result.output / 'model'} (modalmae.checkpoint.load_encoder)")
+        print_outputs(result, shards=cfg.shards, picture=picture)
     return 0
 
 

@@ -25,12 +25,11 @@ from accelerate.utils import set_seed
 
 from modalmae.data.points import PointDecoder
 from modalmae.data.shards import resolve_shards
-from modalmae.data.stream import ShardStream, make_loader
 from modalmae.masking import Masks, block_masking, random_masking
 from modalmae.model import POINTMAE_DECODERS, PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.points import PointGroups
 from modalmae.train.config import PretrainConfig, arg, parse_config
-from modalmae.train.loop import pretrain
+from modalmae.train.loop import pretrain, print_outputs
 from modalmae.viz import point_panels, save_points_figure
 
 
@@ -65,13 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         augment=cfg.augment, fast=None if cfg.fast_grouping else False,
     )
 
-    def make_data(seed: int):
-        stream = ShardStream(
-            shards, decode, rank=accelerator.process_index, world_size=accelerator.num_processes,
-            seed=seed, shuffle_buffer=cfg.shuffle_buffer,
-        )
-        return make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
-
     model_cfg = PRESETS[cfg.model](norm_pix_loss=False, **POINTMAE_DECODERS.get(cfg.model, {}))
     tokenizer = PointGroups(embed_dim=model_cfg.encoder_dim, num_groups=cfg.num_groups, group_size=cfg.group_size, loss=cfg.loss)
     model = MaskedAutoencoder(tokenizer, model_cfg)
@@ -82,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return random_masking(x.shape[0], cfg.num_groups, cfg.mask_ratio, generator=generator)
 
     result = pretrain(
-        cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
-        input_key="points", epoch_samples=shards.num_samples,
+        cfg, accelerator=accelerator, model=model, shards=shards, decode=decode, masking=masking,
+        input_key="points",
         save_extra={"points": {"num_points": cfg.num_points, "sampling": cfg.sampling}},
     )
 
@@ -94,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             point_panels(result.model, x, masks), result.output / "reconstruction.png",
             title=f"{result.last_batch['__key__'][0]} at step {result.step}",
         )
-        print(f"\nshards:      {cfg.shards}")
-        print(f"metrics:     {result.output / 'metrics.jsonl'}")
-        print(f"picture:     {picture}")
-        print(f"checkpoints: {result.output / 'checkpoints'} (resume with --resume latest)")
-        print(f"model:       {result.output / 'model'} (modalmae.checkpoint.load_encoder)")
+        print_outputs(result, shards=cfg.shards, picture=picture)
     return 0
 
 

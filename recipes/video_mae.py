@@ -24,13 +24,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from modalmae.data.shards import resolve_shards
-from modalmae.data.stream import ShardStream, make_loader
 from modalmae.data.video import BACKENDS, VideoDecoder
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
 from modalmae.train.config import PretrainConfig, arg, parse_config
-from modalmae.train.loop import pretrain
+from modalmae.train.loop import pretrain, print_outputs
 from modalmae.viz import reconstruction_panels, save_video_figure
 
 
@@ -62,13 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         clips_per_video=cfg.repeated_aug, flip=cfg.flip, backend=cfg.video_backend,
     )
 
-    def make_data(seed: int):
-        stream = ShardStream(
-            shards, decode, rank=accelerator.process_index, world_size=accelerator.num_processes,
-            seed=seed, shuffle_buffer=cfg.shuffle_buffer,
-        )
-        return make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
-
     # VideoMAE's decoder (4 blocks, narrower than MAE's) for the standard sizes.
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **VIDEOMAE_DECODERS.get(cfg.model, {}))
     tokenizer = VideoTubes(
@@ -88,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return masks
 
     result = pretrain(
-        cfg, accelerator=accelerator, model=model, make_loader=make_data, masking=masking,
-        input_key="video", epoch_samples=shards.num_samples * cfg.repeated_aug if shards.num_samples else None,
+        cfg, accelerator=accelerator, model=model, shards=shards, decode=decode, masking=masking,
+        input_key="video", items_per_sample=cfg.repeated_aug,
         save_extra={"video": {"sampling_rate": cfg.sampling_rate}},
     )
 
@@ -101,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             reconstruction_panels(result.model, x, masks), result.output / "reconstruction.png",
             title=f"{result.last_batch['__key__'][0]} at step {result.step}",
         )
-        print(f"\nshards:      {cfg.shards}")
-        print(f"metrics:     {result.output / 'metrics.jsonl'}")
-        print(f"picture:     {picture}")
-        print(f"checkpoints: {result.output / 'checkpoints'} (resume with --resume latest)")
-        print(f"model:       {result.output / 'model'} (modalmae.checkpoint.load_encoder)")
+        print_outputs(result, shards=cfg.shards, picture=picture)
     return 0
 
 

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modalmae.checkpoint import save_pretrained, state_digest
+from modalmae.data.shards import ShardSet
+from modalmae.data.stream import Decoder, ShardStream, make_loader
 from modalmae.masking import Masks
 from modalmae.model import MaskedAutoencoder
 
@@ -84,17 +85,19 @@ def pretrain(
     *,
     accelerator: Accelerator,
     model: MaskedAutoencoder,
-    make_loader: Callable[[int], DataLoader],
+    shards: ShardSet,
+    decode: Decoder,
     masking: Callable[[torch.Tensor, torch.Generator], Masks],
     input_key: str,
-    epoch_samples: int | None = None,
+    items_per_sample: int = 1,
     save_extra: dict | None = None,
 ) -> PretrainResult:
-    """Train ``model`` for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs`` passes over
-    ``epoch_samples`` samples, the manifest's count); ``make_loader(seed)`` builds the data;
+    """Train ``model`` on ``shards`` for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs``
+    passes over the manifest's samples, each giving ``items_per_sample`` items after ``decode``);
     ``masking(x, generator)`` draws the masks of a batch ``x`` (most only need its size)."""
     output = Path(cfg.output)
     rank, world = accelerator.process_index, accelerator.num_processes
+    epoch_samples = shards.num_samples * items_per_sample if shards.num_samples else None
     effective_batch = cfg.batch_size * cfg.grad_accum * world
     lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
     max_steps = cfg.max_steps
@@ -121,8 +124,10 @@ def pretrain(
         start_step = json.loads((resume / STATE_NAME).read_text())["step"]
         accelerator.print(f"resumed from {resume} at step {start_step}")
     set_seed(cfg.seed + start_step, device_specific=True)
-    loader = make_loader(cfg.seed + start_step)
-    batches = iter(loader)
+    stream = ShardStream(
+        shards, decode, rank=rank, world_size=world, seed=cfg.seed + start_step, shuffle_buffer=cfg.shuffle_buffer
+    )
+    batches = iter(make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda"))
     generator = torch.Generator()
 
     def save_checkpoint(step: int) -> None:
@@ -203,3 +208,13 @@ def pretrain(
         metrics.close()
     accelerator.wait_for_everyone()
     return PretrainResult(model=unwrapped, last_batch=batch, step=final_step, output=output)
+
+
+def print_outputs(result: PretrainResult, *, shards: str, picture: Path) -> None:
+    """Where a finished run put everything (main process)."""
+    out = result.output
+    print(f"\nshards:      {shards}")
+    print(f"metrics:     {out / 'metrics.jsonl'}")
+    print(f"picture:     {picture}")
+    print(f"checkpoints: {out / CHECKPOINTS} (resume with --resume latest)")
+    print(f"model:       {out / 'model'} (modalmae.checkpoint.load_encoder)")

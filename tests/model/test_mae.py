@@ -80,7 +80,6 @@ def test_local_attention_decoder_is_local():
     coords = grid_coordinates(model.tokenizer.grid)
     target = masks.ids_masked[0, 0].item()
     window = coords[:, 0] // 4 == coords[target, 0] // 4
-    patches = model.tokenizer.patchify(x)
     far = (~window) & (masks.mask[0] == 0)  # visible tokens outside the target's window
     assert far.any()
     # Change the encoder's view of far tokens by tampering the latent directly.
@@ -93,7 +92,6 @@ def test_local_attention_decoder_is_local():
     a, b = run(latent), run(latent2)
     assert torch.allclose(a[0, 0], b[0, 0], atol=1e-6)
     assert not torch.allclose(a, b)
-    del patches
 
 
 def test_cls_token_and_pooling():
