@@ -32,7 +32,7 @@ from build_shards import main as build_shards  # noqa: E402
 
 from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
 from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
-from modalmae.data.video import VideoDecoder, clip_indices, decode_all_pyav, decode_pyav, make_clip, probe_pyav  # noqa: E402
+from modalmae.data.video import VideoDecoder, clip_indices, decode_all_pyav, decode_pyav, probe_pyav  # noqa: E402
 from modalmae.masking import running_cell_predict, tube_masking  # noqa: E402
 from modalmae.model import VIDEOMAE_DECODERS, MaskedAutoencoder, mae_base, mae_tiny  # noqa: E402
 from modalmae.tokenizers.video import VideoTubes  # noqa: E402
