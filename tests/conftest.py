@@ -32,3 +32,19 @@ def load_script(relative: str):
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+def read_shards(folder) -> tuple[dict[str, dict[str, bytes]], list[str]]:
+    """{key: {ext: bytes}} of every ``shard-*.tar`` in ``folder``, and the keys in shard order."""
+    import tarfile
+
+    samples, order = {}, []
+    for tar_path in sorted(Path(folder).glob("shard-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                if key not in samples:
+                    order.append(key)
+                assert ext not in samples.setdefault(key, {}), f"{m.name} twice"
+                samples[key][ext] = tar.extractfile(m).read()
+    return samples, order

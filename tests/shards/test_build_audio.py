@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import shutil
-import tarfile
 
 import av
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from conftest import AUDIO, load_script
+from conftest import AUDIO, load_script, read_shards
 from modalmae.data.schema import sample_key
 from modalmae.shards import Sample, Skip, audio, prepare_all
 
@@ -95,17 +94,7 @@ def manifest_of(out):
 
 
 def read_tars(out):
-    """{key: {ext: bytes}} of every shard, and the keys in shard order."""
-    samples, order = {}, []
-    for tar_path in sorted(out.glob("shard-*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for m in tar.getmembers():
-                key, ext = m.name.split(".", 1)
-                if key not in samples:
-                    order.append(key)
-                assert ext not in samples.setdefault(key, {}), f"{m.name} twice"
-                samples[key][ext] = tar.extractfile(m).read()
-    return samples, order
+    return read_shards(out)
 
 
 def hashes(out):

@@ -4,14 +4,13 @@ import hashlib
 import io
 import json
 import shutil
-import tarfile
 
 import numpy as np
 import plyfile
 import pytest
 import trimesh
 
-from conftest import DATA, load_script
+from conftest import DATA, load_script, read_shards
 from modalmae.data.schema import sample_key
 
 build = load_script("pipelines/build_shards.py")
@@ -55,12 +54,7 @@ def run(root, out, *extra):
 
 
 def samples(out):
-    found = {}
-    for tar_path in sorted(out.glob("shard-*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for m in tar.getmembers():
-                key, ext = m.name.split(".", 1)
-                found.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    found = read_shards(out)[0]
     return {k: (np.load(io.BytesIO(v["npy"]), allow_pickle=False), json.loads(v["json"])) for k, v in found.items()}
 
 

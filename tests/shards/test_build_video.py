@@ -3,14 +3,13 @@
 import io
 import json
 import shutil
-import tarfile
 
 import av
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import AUDIO, DATA, load_script
+from conftest import AUDIO, DATA, load_script, read_shards
 from modalmae.data.schema import sample_key
 
 build = load_script("pipelines/build_shards.py")
@@ -65,13 +64,7 @@ def run(raw, out, *extra):
 
 
 def members(out):
-    found = {}
-    for tar_path in sorted(out.glob("shard-*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for m in tar.getmembers():
-                key, ext = m.name.split(".", 1)
-                found.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return found
+    return read_shards(out)[0]
 
 
 def test_probe_skip_and_keep_partial(raw, tmp_path):
