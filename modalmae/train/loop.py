@@ -68,6 +68,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def model_inputs(batch: dict, input_key: str | tuple[str, ...], device: torch.device):
+    """The model's input: one batch tensor, or a dict of several, moved to ``device``."""
+    if isinstance(input_key, str):
+        return batch[input_key].to(device, non_blocking=True)
+    return {key: batch[key].to(device, non_blocking=True) for key in input_key}
+
+
 def find_resume(cfg, output: Path) -> Path | None:
     if not cfg.resume:
         return None
@@ -88,13 +95,16 @@ def pretrain(
     shards: ShardSet,
     decode: Decoder,
     masking: Callable[[torch.Tensor, torch.Generator], Masks],
-    input_key: str,
+    input_key: str | tuple[str, ...],
     items_per_sample: int = 1,
     save_extra: dict | None = None,
 ) -> PretrainResult:
     """Train ``model`` on ``shards`` for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs``
     passes over the manifest's samples, each giving ``items_per_sample`` items after ``decode``);
-    ``masking(x, generator)`` draws the masks of a batch ``x`` (most only need its size)."""
+    ``masking(x, generator)`` draws the masks of a batch ``x`` (most only need its size).
+
+    ``x`` is ``batch[input_key]``, or ``{key: batch[key]}`` when ``input_key`` is a tuple of
+    keys (inputs of several tensors, such as volumes plus which sequences are present)."""
     output = Path(cfg.output)
     rank, world = accelerator.process_index, accelerator.num_processes
     epoch_samples = shards.num_samples * items_per_sample if shards.num_samples else None
@@ -157,7 +167,7 @@ def pretrain(
             group["lr"] = lr_used
         for _ in range(cfg.grad_accum):
             batch = next(batches)
-            x = batch[input_key].to(accelerator.device, non_blocking=True)
+            x = model_inputs(batch, input_key, accelerator.device)
             masks = masking(x, generator).to(accelerator.device)
             with accelerator.accumulate(model):
                 out = model(x, masks)
@@ -169,7 +179,7 @@ def pretrain(
             window_loss += out.loss.detach() / cfg.grad_accum
             for epoch, url in zip(batch["__epoch__"], batch["__url__"]):
                 shards_read.setdefault(epoch, set()).add(url)
-            samples_seen += x.shape[0]
+            samples_seen += len(batch["__key__"])
             skipped_total += batch.get("num_skipped", 0)
         window_steps += 1
         bar.update(1)
