@@ -1,10 +1,24 @@
-"""Finding shards, assigning them to (rank, worker) slots, and reading samples out of them.
+"""Finding shards and planning which samples each (rank, worker) slot reads.
 
-Each DataLoader worker of each rank reads only the shards of its own slot: the shard list is
-permuted once per epoch with a seed every rank shares, each rank takes every R-th shard of it
-and each of its W workers every W-th of those. No rank opens, let alone decodes, a shard it
-would throw away (the failure modes of ``Accelerator.prepare`` on iterable datasets and of
-webdataset's default splitters are listed in DESIGN.md).
+Exact mode (the default, with a manifest): every epoch the shards are put in an order shared by
+all ranks (a permutation seeded by (seed, epoch)), their N samples laid end to end, and the line
+cut into ``R x W`` contiguous segments, one per slot (rank r's worker w is slot ``r * W + w``).
+Every *sample* is decoded by exactly one slot per epoch, and the segments differ by at most one
+sample, so padding every slot to the same batch count costs less than a batch. A shard that
+straddles two segments is opened by both slots, the second seeking past (or, remote, reading
+without decoding) the first one's samples: a rank reads at most its share plus one shard.
+Giving whole shards to slots instead would make the slots' lengths differ by up to a shard,
+which equal steps per epoch would have to pad with re-read shards.
+
+Without sample counts (a brace pattern, no manifest) slots get whole shards: rank r takes
+every R-th shard of the epoch's order and its workers every W-th of those.
+
+Resampled mode: each slot draws whole shards with replacement, from a generator seeded by
+(seed, rank, worker), without end.
+
+No rank opens, let alone decodes, data of another rank's share beyond those boundary shards
+(the failure modes of ``Accelerator.prepare`` on iterable datasets and of webdataset's default
+splitters are listed in DESIGN.md).
 """
 
 from __future__ import annotations
@@ -17,11 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import webdataset as wds
 from braceexpand import braceexpand
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from modalmae.data.remote import is_remote, iter_shard, join_url, open_url
 from modalmae.data.schema import MANIFEST_NAME, SHARD_PATTERN
+
+__all__ = ["Piece", "ShardSet", "exact_pieces", "iter_shard", "resampled_pieces", "resolve_shards"]
 
 SHARD_GLOB = SHARD_PATTERN.replace("{index:06d}", "[0-9]" * 6)
 
@@ -34,36 +49,53 @@ class ShardSet:
     num_samples: int | None = None  # from the manifest; None when there is none
     sizes: dict[str, int] = field(default_factory=dict)  # url -> samples in it
     modality: str | None = None
+    name: str = ""  # what the user named it (the spec), for messages and per-source metrics
+
+    @property
+    def has_sizes(self) -> bool:
+        return bool(self.urls) and all(u in self.sizes for u in self.urls)
 
 
-def _from_manifest(path: Path) -> ShardSet:
+def _from_manifest(location: str, spec: str) -> ShardSet:
+    """A manifest file or URL; its shard names are relative to it unless they are URLs."""
     try:
-        manifest = json.loads(path.read_text())
+        with open_url(location) as f:
+            manifest = json.loads(f.read())
         shards = manifest["shards"]
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: not a readable modalmae manifest ({e})") from e
-    urls = [str(path.parent / s["name"]) for s in shards]
+        raise ValueError(f"{location}: not a readable modalmae manifest ({type(e).__name__}: {e})") from e
+    urls = [join_url(location, s["name"]) for s in shards]
     return ShardSet(
         urls=urls,
         num_samples=int(manifest["num_samples"]),
         sizes={u: int(s["num_samples"]) for u, s in zip(urls, shards)},
         modality=manifest.get("modality"),
+        name=spec,
     )
 
 
 def resolve_shards(spec: str | os.PathLike) -> ShardSet:
     """A folder (its manifest.json, else its *.tar when they are not build_shards output), a
-    manifest file, or a brace pattern.
+    manifest file, or a brace pattern; each may also be a URL (``https://host/ds/``,
+    ``s3://bucket/ds/manifest.json``, ``pipe:...``; see ``modalmae.data.remote``).
 
     ``shards/speech``, ``shards/speech/manifest.json`` and
     ``shards/speech/shard-{000000..000003}.tar`` all name the same shards; only the first two
-    know the epoch length.
+    know the epoch length. A remote URL ending in ``/`` names the folder holding a manifest.
     """
+    if isinstance(spec, (list, tuple)):
+        raise TypeError("resolve_shards takes one spec; resolve each of a list (pretrain() resolves cfg.shards itself)")
     spec = str(spec)
+    if is_remote(spec):
+        if spec.endswith(".json"):
+            return _from_manifest(spec, spec)
+        if spec.endswith("/"):
+            return _from_manifest(spec + MANIFEST_NAME, spec)
+        return ShardSet(urls=list(braceexpand(spec)), name=spec)
     path = Path(spec)
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
-            return _from_manifest(path / MANIFEST_NAME)
+            return _from_manifest(str(path / MANIFEST_NAME), spec)
         if glob.glob(str(path / SHARD_GLOB)):
             # build_shards deletes the manifest when it starts and writes it last: these shards
             # may mix an interrupted build with an older one.
@@ -74,39 +106,68 @@ def resolve_shards(spec: str | os.PathLike) -> ShardSet:
         urls = sorted(glob.glob(str(path / "*.tar")))
         if not urls:
             raise FileNotFoundError(f"{spec}: folder has neither {MANIFEST_NAME} nor *.tar shards")
-        return ShardSet(urls=urls)
+        return ShardSet(urls=urls, name=spec)
     if path.suffix == ".json":
         if not path.is_file():
             raise FileNotFoundError(f"{spec}: manifest not found")
-        return _from_manifest(path)
+        return _from_manifest(spec, spec)
     urls = list(braceexpand(spec))
-    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+    missing = [u for u in urls if not is_remote(u) and not os.path.exists(u)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) not found, first: {missing[0]}")
-    return ShardSet(urls=urls)
+    return ShardSet(urls=urls, name=spec)
 
 
-def slot_shards(urls: list[str], *, epoch: int, seed: int, rank: int, world_size: int, worker: int, num_workers: int, shuffle: bool = True) -> list[str]:
-    """The shards that (rank, worker) reads in ``epoch``; disjoint slots covering every shard.
+@dataclass(frozen=True)
+class Piece:
+    """Samples ``skip .. skip + take`` of one shard (``take`` None: to its end, count unknown)."""
 
-    Ranks take every ``world_size``-th shard of the epoch's order (their counts differ by at
-    most one), and a rank's workers split its list the same way, so ranks may run different
-    numbers of workers without ever sharing a shard.
-    """
+    url: str
+    skip: int = 0
+    take: int | None = None
+
+    def read(self) -> Iterator[dict]:
+        return iter_shard(self.url, skip=self.skip, take=self.take)
+
+
+def epoch_order(urls: list[str], *, epoch: int, seed: int, shuffle: bool = True) -> list[str]:
+    """The shard order of ``epoch``; the same on every rank (it depends on (seed, epoch) only)."""
     order = list(urls)
     if shuffle:
-        # Same permutation on every rank: it depends on (seed, epoch) only.
         random.Random(f"{seed}:{epoch}").shuffle(order)
-    return order[rank::world_size][worker::num_workers]
+    return order
+
+
+def exact_pieces(shards: ShardSet, *, epoch: int, seed: int, rank: int, world_size: int, worker: int, num_workers: int, shuffle: bool = True) -> list[Piece]:
+    """What (rank, worker) reads in ``epoch`` in exact mode (see the module docstring)."""
+    order = epoch_order(shards.urls, epoch=epoch, seed=seed, shuffle=shuffle)
+    if not shards.has_sizes:
+        return [Piece(u) for u in order[rank::world_size][worker::num_workers]]
+    total = sum(shards.sizes[u] for u in order)
+    slot, num_slots = rank * num_workers + worker, world_size * num_workers
+    start, end = slot * total // num_slots, (slot + 1) * total // num_slots
+    pieces, offset = [], 0
+    for url in order:
+        size = shards.sizes[url]
+        lo, hi = max(start, offset), min(end, offset + size)
+        if lo < hi:
+            pieces.append(Piece(url, lo - offset, hi - lo))
+        offset += size
+    return pieces
+
+
+def segment_length(num_samples: int, num_slots: int) -> int:
+    """The longest exact-mode segment: ceil(N / slots)."""
+    return -(-num_samples // num_slots)
+
+
+def resampled_pieces(shards: ShardSet, *, seed: int, rank: int, worker: int) -> Iterator[Piece]:
+    """Whole shards drawn with replacement, without end, from a per-(rank, worker) generator."""
+    rng = random.Random(f"{seed}:resampled:{rank}:{worker}")
+    while True:
+        url = rng.choice(shards.urls)
+        yield Piece(url, 0, shards.sizes.get(url))
 
 
 def shards_per_rank(num_shards: int, *, rank: int, world_size: int) -> int:
     return len(range(rank, num_shards, world_size))
-
-
-def iter_shard(url: str) -> Iterator[dict]:
-    """Raw samples of one tar: {"__key__", "__url__", ext: bytes, ...}; no decoding at all."""
-    with wds.gopen(url, "rb") as stream:
-        files = tar_file_iterator(stream)
-        for sample in group_by_keys(({**f, "__url__": url} for f in files)):
-            yield sample

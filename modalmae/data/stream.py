@@ -1,106 +1,291 @@
-"""A modality-agnostic shard stream: slot's shards -> shuffle buffer -> decode -> items.
+"""A modality-agnostic shard stream: slot's samples -> shuffle buffer -> decode -> items.
 
 ``ShardStream`` is an ``IterableDataset`` that runs in DataLoader workers. Each (rank, worker)
-reads only its own shards (``slot_shards``), epoch after epoch, forever: the training loop
-counts steps, and every rank can always take another batch, so no rank hangs at an epoch end
-while others wait in an all-reduce. Decoding is a plain function of a raw sample and a
-``random.Random`` returning an item (or a list of items: several clips of one video); a sample
-it cannot decode is counted, reported and skipped.
+slot reads only its own part of each epoch (``modalmae.data.shards``), epoch after epoch. A
+decoder is a plain function of a raw sample and a ``random.Random`` returning an item (or a list
+of items: several clips of one video); a sample it cannot decode is counted and skipped.
+
+Equal steps. With ``pad_to=batch_size`` and a manifest, every slot's epoch holds exactly the same
+number of items, a multiple of the batch size: the slot's segment once (a pass, shuffled), then
+as much of it again as needed (a padding pass, shuffled anew, items marked ``__pad__``). The
+DataLoader takes one batch from each worker in turn, so a rank's epoch ends exactly at a batch
+boundary and every rank runs the same number of steps per epoch. The stream never ends (unless
+``epochs`` is given), so no rank waits at an epoch end for another.
+
+Determinism. Every random choice comes from a generator seeded by (seed, source, epoch, rank,
+worker): the shuffle buffer's with one generator per pass, and each sample's augmentation with
+one of its own (seeded by its position), so the same seed and world size give the same items.
+
+Resume. Items carry their position (``__worker__``, ``__source__``, ``__epoch__``,
+``__index__``: the sample's place in the slot's epoch); ``StreamPosition`` follows what the
+training loop consumed, and a stream built with that ``start`` continues right after it. The
+samples before the position are not decoded again: the shuffle buffer's choices depend only on
+sample counts, so they are replayed on placeholders, and shards whose samples all came out
+before the position are not even opened. The position is exact to the sample (of a
+multi-item decoder, the rest of a sample whose first items were consumed is dropped). Without
+a manifest the samples before the position are read again, though not decoded.
+
+Mixing. Given several shard sets (and weights), each worker draws the source of every item at
+random with those weights; each source keeps its own epochs and positions.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from modalmae.data.shards import ShardSet, iter_shard, shards_per_rank, slot_shards
+from modalmae.data.shards import Piece, ShardSet, exact_pieces, resampled_pieces, segment_length, shards_per_rank
 
 log = logging.getLogger(__name__)
 
-Decoder = Callable[[dict, random.Random], dict]
+Decoder = Callable[[dict, random.Random], "dict | list[dict]"]
+
+
+class _Missing:
+    """Stands for a sample a shard did not give (truncated or unreadable): counted as skipped."""
+
+
+class _Passed:
+    """Stands for a sample of a shard not reopened on resume (it came out before the position)."""
+
+
+MISSING, PASSED = _Missing(), _Passed()
 
 
 class ShardStream(IterableDataset):
     def __init__(
         self,
-        shards: ShardSet,
-        decode: Decoder,
+        shards: ShardSet | Sequence[ShardSet],
+        decode: Decoder | Sequence[Decoder],
         *,
+        weights: Sequence[float] | None = None,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
         shuffle_buffer: int = 256,
         shuffle_shards: bool = True,
         epochs: int | None = None,
+        resampled: bool = False,
+        pad_to: int | None = None,
+        items_per_sample: int = 1,
+        start: dict | None = None,
     ) -> None:
+        """``shards``/``decode``: one source, or one decoder per source (or one for all).
+        ``weights``: how often each source is drawn (default: in proportion to its samples when
+        every manifest gives them, else equally). ``pad_to``: pad each slot's epoch to the same
+        multiple of this (the batch size) so every rank runs the same steps; needs manifests.
+        ``start``: a ``StreamPosition.state()`` of this rank to continue from."""
         super().__init__()
-        if shards_per_rank(len(shards.urls), rank=rank, world_size=world_size) == 0:
-            raise ValueError(
-                f"{len(shards.urls)} shard(s) cannot feed {world_size} ranks: every rank needs at least "
-                f"one. Rebuild the shards with a smaller --max-count, or use fewer processes."
-            )
-        self.shards, self.decode = shards, decode
+        self.sources = [shards] if isinstance(shards, ShardSet) else list(shards)
+        decoders = [decode] * len(self.sources) if callable(decode) else list(decode)
+        if len(decoders) != len(self.sources):
+            raise ValueError(f"{len(decoders)} decoders for {len(self.sources)} shard sets")
+        for source in self.sources:
+            if not source.urls:
+                raise ValueError(f"{source.name or 'shard set'}: no shards")
+            if not resampled and not source.has_sizes and shards_per_rank(len(source.urls), rank=rank, world_size=world_size) == 0:
+                raise ValueError(
+                    f"{source.name}: {len(source.urls)} shard(s) without a manifest cannot feed {world_size} ranks: "
+                    f"every rank needs one. Use the folder with its manifest.json, or fewer processes."
+                )
+            if source.has_sizes and source.num_samples < world_size:
+                raise ValueError(f"{source.name}: {source.num_samples} samples cannot feed {world_size} ranks")
+        if weights is None:
+            known = all(s.num_samples for s in self.sources)
+            weights = [s.num_samples if known else 1.0 for s in self.sources]
+        if len(weights) != len(self.sources) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"need one non-negative weight per shard set ({len(self.sources)}), got {list(weights)}")
+        self.decoders, self.weights = decoders, [w / sum(weights) for w in weights]
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.shuffle_shards, self.epochs = shuffle_buffer, shuffle_shards, epochs
+        self.resampled, self.pad_to, self.items_per_sample = resampled, pad_to, items_per_sample
+        self.start = start or {}
+
+    @property
+    def shards(self) -> ShardSet:
+        """The first (usually only) source."""
+        return self.sources[0]
+
+    def max_workers(self) -> int:
+        """Workers each rank can use: every slot must get at least one sample (or shard)."""
+        return min(
+            s.num_samples // self.world_size if s.has_sizes else shards_per_rank(len(s.urls), rank=self.rank, world_size=self.world_size)
+            for s in self.sources
+        )
+
+    def quota(self, source: int, num_workers: int) -> int | None:
+        """Items every slot yields per epoch of ``source`` (None: no equal-length epochs)."""
+        shards = self.sources[source]
+        if self.pad_to is None or self.resampled or not shards.has_sizes:
+            return None
+        longest = segment_length(shards.num_samples, self.world_size * max(1, num_workers)) * self.items_per_sample
+        return -(-longest // self.pad_to) * self.pad_to
+
+    def items_per_epoch(self, num_workers: int) -> int | None:
+        """Items one rank consumes per epoch of a single padded source, else None."""
+        quota = self.quota(0, num_workers) if len(self.sources) == 1 else None
+        return None if quota is None else quota * max(1, num_workers)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        epoch = 0
+        # The DataLoader always asks worker 0 first: on resume, loader worker 0 takes the role
+        # of the slot whose batch came next, so the interleaving continues unbroken.
+        worker = (worker + self.start.get("next_worker", 0)) % num_workers
+        start = self.start.get("slots", {}).get(str(worker), {})
+        positions = start.get("sources") or [None] * len(self.sources)
+        streams = [
+            self._source_items(i, worker, num_workers, positions[i] or {}) for i in range(len(self.sources))
+        ]
+        if len(streams) == 1:
+            yield from streams[0]
+            return
+        # Mixing: one draw per item from a per-slot generator, replayed up to the start position.
+        rng = random.Random(f"{self.seed}:mix:{self.rank}:{worker}")
+        for _ in range(start.get("mixed", 0)):
+            rng.random()
+        live, weights = list(range(len(streams))), list(self.weights)
+        while live:
+            i = rng.choices(range(len(live)), weights=weights)[0]
+            try:
+                yield next(streams[live[i]])
+            except StopIteration:  # only with ``epochs``: this source is done
+                del live[i], weights[i]
+
+    def _source_items(self, source: int, worker: int, num_workers: int, position: dict) -> Iterator[dict]:
+        shards, decode = self.sources[source], self.decoders[source]
+        epoch = position.get("epoch", 0)
+        first, count = position.get("index", -1) + 1, position.get("count", 0)
+        quota = self.quota(source, num_workers)
         skipped = 0
         while self.epochs is None or epoch < self.epochs:
-            rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}")
-            urls = slot_shards(
-                self.shards.urls, epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size,
-                worker=worker, num_workers=num_workers, shuffle=self.shuffle_shards,
+            if quota is not None and count >= quota:  # the position was an epoch's last item
+                epoch, first, count = epoch + 1, 0, 0
+                continue
+            slot = f"{self.seed}:{source}:{epoch}:{self.rank}:{worker}"
+            plan = None if self.resampled else exact_pieces(
+                shards, epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size, worker=worker,
+                num_workers=num_workers, shuffle=self.shuffle_shards,
             )
-            if not urls:
-                return  # more workers than this rank's shards: this worker has nothing to do
-            for raw in _shuffled(_samples(urls, self.shards.sizes), self.shuffle_buffer, rng):
-                if isinstance(raw, _ShardError):
-                    skipped += 1
+            pass_length = sum(p.take for p in plan) if plan and shards.has_sizes else None
+            since_decoded, decoded_any = 0, False
+            for index, sample, pad in self._epoch_samples(shards, plan, pass_length, worker, slot, first, padded=quota is not None):
+                if index < first:
+                    continue  # consumed before the resume position
+                if sample is MISSING:
+                    decoded = None
+                else:
+                    try:
+                        decoded = decode(sample, random.Random(f"{slot}:{index}"))
+                    except Exception as e:  # noqa: BLE001 - a bad sample must never stop training
+                        decoded = None
+                        log.warning("skipping sample %s in %s: %s: %s", sample.get("__key__"), sample.get("__url__"), type(e).__name__, e)
+                if decoded is None:
+                    skipped, since_decoded = skipped + 1, since_decoded + 1
+                    # A run of failures this long holds a whole pass: padding would cycle forever.
+                    if pass_length and since_decoded >= 2 * pass_length:
+                        self._give_up(shards, epoch, worker)
+                        return
                     continue
-                try:
-                    decoded = self.decode(raw, rng)
-                except Exception as e:  # noqa: BLE001 - a bad sample must never stop training
-                    skipped += 1
-                    log.warning("skipping sample %s in %s: %s: %s", raw.get("__key__"), raw.get("__url__"), type(e).__name__, e)
-                    continue
+                since_decoded, decoded_any = 0, True
                 # A decoder may return several items per sample (repeated augmentation).
                 for item in decoded if isinstance(decoded, list) else [decoded]:
-                    item.update(__key__=raw["__key__"], __url__=raw["__url__"], __epoch__=epoch, num_skipped=skipped)
-                    skipped = 0
+                    item.update(
+                        __key__=sample["__key__"], __url__=sample["__url__"], __epoch__=epoch, __index__=index,
+                        __source__=source, __worker__=worker, __pad__=pad, num_skipped=skipped,
+                    )
+                    skipped, count = 0, count + 1
                     yield item
-            epoch += 1
+                    if quota is not None and count >= quota:
+                        break
+                if quota is not None and count >= quota:
+                    break
+            if not decoded_any and first == 0:
+                self._give_up(shards, epoch, worker)
+                return
+            epoch, first, count = epoch + 1, 0, 0
+
+    def _give_up(self, shards: ShardSet, epoch: int, worker: int) -> None:
+        """A slot none of whose samples decode would loop forever: it ends, and says why."""
+        log.error(
+            "%s: rank %d worker %d could not read or decode any sample of its part of epoch %d (see the warnings "
+            "above); this worker stops", shards.name, self.rank, worker, epoch,
+        )
+
+    def _epoch_samples(self, shards, plan, length, worker, slot, first, *, padded) -> Iterator[tuple[int, Any, bool]]:
+        """(index, raw sample | MISSING | PASSED, is padding) of one slot's epoch, in order."""
+        if plan is None:  # resampled: one endless pass
+            def pieces() -> Iterator[Piece]:
+                return resampled_pieces(shards, seed=self.seed, rank=self.rank, worker=worker)
+
+            yield from ((i, s, False) for i, s in enumerate(self._pass(pieces, f"{slot}:0", first, shards.has_sizes)))
+            return
+        if length is None:  # whole shards of unknown length: one pass
+            yield from ((i, s, False) for i, s in enumerate(self._pass(lambda: iter(plan), f"{slot}:0", first, False)))
+            return
+        # Passes before the one holding ``first`` are skipped without a look; padding repeats
+        # the segment, each pass shuffled by its own generator.
+        for p in itertools.count(first // length):
+            offset = p * length
+            for i, sample in enumerate(self._pass(lambda: iter(plan), f"{slot}:{p}", first - offset, True)):
+                yield offset + i, sample, p > 0
+            if not padded:
+                return
+
+    def _pass(self, pieces: Callable[[], Iterable[Piece]], seed: str, first: int, sizes_known: bool) -> Iterator:
+        """One shuffled pass over ``pieces()``; samples before ``first`` may come out as PASSED."""
+        passed = _passed_pieces(pieces(), seed, first, self.shuffle_buffer) if sizes_known and first > 0 else set()
+        yield from _shuffled(_samples(pieces(), passed), self.shuffle_buffer, random.Random(seed))
 
 
-class _ShardError:
-    """Marks a shard that failed mid-read, so the count of skipped samples sees it."""
-
-
-def _samples(urls: list[str], expected: dict[str, int]) -> Iterator[dict | _ShardError]:
-    """Raw samples of each shard in turn; unreadable or short shards become skip markers.
+def _samples(pieces: Iterable[Piece], passed: set[int]) -> Iterator[dict | _Missing | _Passed]:
+    """Raw samples of each piece in turn; unreadable or short pieces end in MISSING markers.
 
     Python's tarfile treats a header cut short as the end of the archive, so a truncated shard
     can end silently: the manifest's count is what reveals the missing samples.
     """
-    for url in urls:
+    for p, piece in enumerate(pieces):
+        if p in passed:
+            yield from itertools.repeat(PASSED, piece.take)
+            continue
         count = 0
         try:
-            for sample in iter_shard(url):
+            for sample in piece.read():
                 count += 1
                 yield sample
         except Exception as e:  # noqa: BLE001 - a truncated or unreadable shard is skipped, not fatal
-            log.warning("stopped reading shard %s after %d samples: %s: %s", url, count, type(e).__name__, e)
-        missing = expected.get(url, count) - count
-        if missing > 0:
-            log.warning("shard %s gave %d of the %d samples its manifest lists", url, count, expected[url])
-            yield from (_ShardError() for _ in range(missing))
+            log.warning("stopped reading shard %s after %d samples: %s: %s", piece.url, count, type(e).__name__, e)
+        if piece.take is not None and count < piece.take:
+            log.warning("shard %s gave %d of the %d samples its manifest lists", piece.url, count, piece.take)
+            yield from itertools.repeat(MISSING, piece.take - count)
+
+
+def _passed_pieces(pieces: Iterable[Piece], seed: str, first: int, buffer: int) -> set[int]:
+    """Pieces all of whose samples come out of the shuffle before position ``first``.
+
+    The shuffle buffer draws depend on how many samples arrive, not on what they are, so
+    running it on piece numbers with the same generator replays the order exactly.
+    """
+    sizes: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for p, piece in enumerate(pieces):
+            sizes.append(piece.take)
+            yield from itertools.repeat(p, piece.take)
+
+    out: Counter[int] = Counter()
+    for n, p in enumerate(_shuffled(numbers(), buffer, random.Random(seed))):
+        if n >= first:
+            break
+        out[p] += 1
+    return {p for p, c in out.items() if c == sizes[p]}
 
 
 def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -117,6 +302,36 @@ def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
             yield buffer.pop()
     rng.shuffle(buffer)
     yield from buffer
+
+
+class StreamPosition:
+    """What the training loop consumed of each (worker, source): a ``ShardStream`` ``start``.
+
+    ``state()`` is JSON: {"next_worker": the slot whose batch comes next, "slots": {"<worker>":
+    {"mixed": items, "sources": [{"epoch", "index", "count"} or None per source]}}}.
+    """
+
+    def __init__(self, num_sources: int, num_workers: int, state: dict | None = None) -> None:
+        self.num_sources, self.num_workers = num_sources, max(1, num_workers)
+        state = state or {}
+        self.next_worker = state.get("next_worker", 0)
+        self.slots: dict[str, dict] = {
+            w: {"mixed": s["mixed"], "sources": list(s["sources"])} for w, s in state.get("slots", {}).items()
+        }
+
+    def update(self, batch: dict) -> None:
+        self.next_worker = (batch["__worker__"][-1] + 1) % self.num_workers
+        for worker, source, epoch, index in zip(batch["__worker__"], batch["__source__"], batch["__epoch__"], batch["__index__"]):
+            slot = self.slots.setdefault(str(worker), {"mixed": 0, "sources": [None] * self.num_sources})
+            slot["mixed"] += 1
+            pos = slot["sources"][source]
+            if pos is None or pos["epoch"] != epoch:
+                pos = slot["sources"][source] = {"epoch": epoch, "index": index, "count": 0}
+            pos["index"], pos["count"] = index, pos["count"] + 1
+
+    def state(self) -> dict:
+        slots = {w: {"mixed": s["mixed"], "sources": [None if p is None else dict(p) for p in s["sources"]]} for w, s in self.slots.items()}
+        return {"next_worker": self.next_worker, "slots": slots}
 
 
 def collate(items: list[dict]) -> dict[str, Any]:
@@ -138,10 +353,11 @@ def collate(items: list[dict]) -> dict[str, Any]:
 
 
 def make_loader(stream: ShardStream, *, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over ``stream`` with at most one worker per shard of this rank."""
-    available = shards_per_rank(len(stream.shards.urls), rank=stream.rank, world_size=stream.world_size)
+    """A DataLoader over ``stream``; workers are capped so every one has samples to read (the
+    cap is the same on every rank when the shards have a manifest)."""
+    available = stream.max_workers()
     if num_workers > available:
-        log.warning("rank %d has %d shard(s): using %d loader workers instead of %d", stream.rank, available, available, num_workers)
+        log.warning("rank %d can feed %d loader worker(s), not %d: using %d", stream.rank, available, num_workers, available)
         num_workers = available
     return DataLoader(
         stream,

@@ -1,6 +1,7 @@
-"""Shard assignment and the streaming dataset, on small tars written here."""
+"""Sample assignment, padding, resume and mixing of the streaming dataset, on small tars."""
 
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -8,8 +9,8 @@ import tarfile
 import pytest
 import torch
 
-from modalmae.data.shards import resolve_shards, slot_shards
-from modalmae.data.stream import ShardStream, collate, make_loader
+from modalmae.data.shards import ShardSet, exact_pieces, resolve_shards
+from modalmae.data.stream import ShardStream, StreamPosition, collate, make_loader
 
 
 def write_shards(folder, sizes, *, manifest=True):
@@ -37,22 +38,38 @@ def decode(sample, rng):
     return {"value": torch.tensor(int(sample["txt"]))}
 
 
-@pytest.mark.parametrize("world,workers", [(1, 1), (2, 2), (3, 2), (2, 3), (2, 4)])
-def test_slots_are_disjoint_and_cover_every_shard(world, workers):
-    urls = [f"s{i}" for i in range(11)]
+def piece_samples(pieces, sizes, starts):
+    return [starts[p.url] + i for p in pieces for i in range(p.skip, p.skip + (p.take or sizes[p.url]))]
+
+
+@pytest.mark.parametrize("world,workers", [(1, 1), (2, 2), (3, 2), (2, 3), (3, 4)])
+def test_exact_slots_split_every_epoch_into_equal_disjoint_segments(world, workers):
+    sizes = [10, 10, 10, 10, 10, 10, 7]  # odd shard count, a short last shard
+    urls = [f"s{i}" for i in range(len(sizes))]
+    starts = dict(zip(urls, [sum(sizes[:i]) for i in range(len(sizes))]))
+    shards = ShardSet(urls=urls, num_samples=sum(sizes), sizes=dict(zip(urls, sizes)))
+    orders = []
     for epoch in range(3):
-        seen, per_rank = [], []
+        seen, lengths, opened = [], [], {}
         for rank in range(world):
-            mine = []
             for worker in range(workers):
-                mine += slot_shards(urls, epoch=epoch, seed=5, rank=rank, world_size=world, worker=worker, num_workers=workers)
-            per_rank.append(len(mine))
-            seen += mine
-        assert sorted(seen) == sorted(urls)
-        assert max(per_rank) - min(per_rank) <= 1  # ranks get balanced shares
-    a = slot_shards(urls, epoch=0, seed=5, rank=0, world_size=2, worker=0, num_workers=1)
-    b = slot_shards(urls, epoch=1, seed=5, rank=0, world_size=2, worker=0, num_workers=1)
-    assert a != b  # reshuffled every epoch
+                pieces = exact_pieces(shards, epoch=epoch, seed=5, rank=rank, world_size=world, worker=worker, num_workers=workers)
+                seen += piece_samples(pieces, shards.sizes, starts)
+                lengths.append(sum(p.take for p in pieces))
+                opened[rank] = opened.get(rank, 0) + len(pieces)
+        assert sorted(seen) == list(range(sum(sizes)))  # every sample exactly once
+        assert max(lengths) - min(lengths) <= 1
+        # a rank opens its share of shards plus at most one more per slot boundary
+        assert max(opened.values()) <= -(-len(urls) // world) + workers
+        orders.append(seen)
+    assert orders[0] != orders[1]  # reshuffled every epoch
+
+
+def test_without_sizes_slots_take_whole_shards():
+    urls = [f"s{i}" for i in range(11)]
+    shards = ShardSet(urls=urls)
+    seen = [p.url for r in range(3) for w in range(2) for p in exact_pieces(shards, epoch=0, seed=0, rank=r, world_size=3, worker=w, num_workers=2)]
+    assert sorted(seen) == sorted(urls)
 
 
 def test_resolve_folder_manifest_and_brace(tmp_path):
@@ -94,24 +111,88 @@ def test_stream_reads_every_sample_once_per_epoch_and_skips_corrupt(tmp_path):
     assert [i["__key__"] for i in items] != [i["__key__"] for i in other]
 
 
-def test_ranks_read_disjoint_shards_with_workers(tmp_path):
-    shards = resolve_shards(write_shards(tmp_path / "ds", [3] * 5))
-    keys = {}
-    for rank in range(2):
-        stream = ShardStream(shards, decode, rank=rank, world_size=2, seed=0, epochs=1)
-        loader = make_loader(stream, batch_size=2, num_workers=2)
-        keys[rank] = [(k, u) for b in loader for k, u in zip(b["__key__"], b["__url__"])]
-    urls0, urls1 = {u for _, u in keys[0]}, {u for _, u in keys[1]}
-    assert not urls0 & urls1 and len(urls0 | urls1) == 5
-    all_keys = [k for r in keys.values() for k, _ in r]
-    assert len(all_keys) == len(set(all_keys)) == 14  # 15 samples, s00013 is corrupt
-    assert "s00013" not in all_keys
+def keys_of(batches):
+    return [(k, pad) for b in batches for k, pad in zip(b["__key__"], b["__pad__"])]
 
 
-def test_too_few_shards_for_the_ranks_is_a_clear_error(tmp_path):
-    shards = resolve_shards(write_shards(tmp_path / "ds", [3]))
-    with pytest.raises(ValueError, match="cannot feed 2 ranks"):
-        ShardStream(shards, decode, rank=1, world_size=2)
+@pytest.mark.parametrize("world", [2, 3])
+def test_padded_epochs_give_every_rank_the_same_batches_and_every_sample_once(tmp_path, world):
+    shards = resolve_shards(write_shards(tmp_path / "ds", [4, 4, 4, 4, 3]))  # 19 samples, 5 shards
+    real, per_rank = [], []
+    for rank in range(world):
+        stream = ShardStream(shards, decode, rank=rank, world_size=world, seed=0, epochs=1, pad_to=2, shuffle_buffer=3)
+        batches = list(make_loader(stream, batch_size=2, num_workers=2))
+        assert all(len(b["__key__"]) == 2 for b in batches)
+        per_rank.append(len(batches))
+        assert len(batches) * 2 == stream.items_per_epoch(2)
+        real += [k for k, pad in keys_of(batches) if not pad]
+    assert len(set(per_rank)) == 1  # same steps on every rank
+    assert sorted(real) == sorted(f"s{i:05d}" for i in range(19) if i != 13)  # 13 is corrupt
+
+
+def run_position(batches, workers=1):
+    position = StreamPosition(1, workers)
+    for b in batches:
+        position.update(b)
+    return position.state()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_exactly_where_the_consumed_batches_stopped(tmp_path, workers):
+    shards = resolve_shards(write_shards(tmp_path / "ds", [6, 6, 6, 5]))
+    kw = dict(rank=1, world_size=2, seed=3, pad_to=2, shuffle_buffer=4)
+
+    def batches(start=None, n=None):
+        loader = make_loader(ShardStream(shards, decode, start=start, **kw), batch_size=2, num_workers=workers)
+        return list(itertools.islice(loader, n))
+
+    whole = batches(n=14)  # into the second epoch (6 batches each)
+    first = whole[:5]
+    rest = batches(start=run_position(first, workers), n=9)
+    assert keys_of(first + rest) == keys_of(whole)  # the same items, in the same order
+    assert [b["__index__"] for b in first + rest] == [b["__index__"] for b in whole]
+
+
+def test_resume_does_not_reopen_shards_already_consumed(tmp_path):
+    from modalmae.data import remote
+
+    shards = resolve_shards(write_shards(tmp_path / "ds", [5] * 6))
+    stream = ShardStream(shards, decode, seed=0, shuffle_buffer=2, shuffle_shards=False)
+    items = take(stream, 17)  # shards 0-2 are done (buffer 2), shard 3 is being read
+    remote.BYTES_READ.clear()
+    state = run_position([collate(items)])
+    resumed = take(ShardStream(shards, decode, seed=0, shuffle_buffer=2, shuffle_shards=False, start=state), 12)
+    assert {i["__key__"] for i in resumed}.isdisjoint(i["__key__"] for i in items)
+    assert len(resumed) + len(items) == 29  # the rest of the epoch (sample 13 is corrupt)
+    opened = {url.rsplit("/", 1)[1] for url in remote.BYTES_READ}
+    assert "shard-000000.tar" not in opened and "shard-000001.tar" not in opened
+
+
+def test_resampled_mode_draws_shards_with_replacement_per_rank(tmp_path):
+    shards = resolve_shards(write_shards(tmp_path / "ds", [3] * 4))
+    def urls(rank, seed=0):
+        return [i["__url__"] for i in take(ShardStream(shards, decode, rank=rank, world_size=2, seed=seed, resampled=True, shuffle_buffer=1), 60)]
+    a, b = urls(0), urls(1)
+    assert a == urls(0) and a != b and a != urls(0, seed=1)
+    counts = [a.count(u) for u in shards.urls]
+    assert max(counts) != min(counts)  # drawn with replacement, not cycled
+
+
+def test_mixing_draws_sources_by_weight(tmp_path):
+    a = resolve_shards(write_shards(tmp_path / "a", [10, 10]))
+    b = resolve_shards(write_shards(tmp_path / "b", [10, 10]))
+    items = take(ShardStream([a, b], decode, weights=[3, 1], seed=0, shuffle_buffer=4), 400)
+    share = sum(i["__source__"] == 0 for i in items) / len(items)
+    assert 0.68 < share < 0.82  # 0.75 expected; binomial sd ~0.02
+    with pytest.raises(ValueError, match="one non-negative weight"):
+        ShardStream([a, b], decode, weights=[1])
+
+
+@pytest.mark.parametrize("pad_to", [None, 2])
+def test_an_undecodable_slot_ends_with_a_message_instead_of_spinning(tmp_path, caplog, pad_to):
+    shards = resolve_shards(write_shards(tmp_path / "ds", [4]))
+    assert list(ShardStream(shards, lambda s, r: 1 / 0, pad_to=pad_to)) == []
+    assert "could not read or decode any sample" in caplog.text
 
 
 def test_truncated_shard_is_skipped_not_fatal(tmp_path):
