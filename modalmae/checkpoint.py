@@ -40,8 +40,11 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_pretrained(model: MaskedAutoencoder, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
-    """Write the model's weights and the config that rebuilds it; returns the folder."""
+def save_pretrained(model: MaskedAutoencoder, directory: str | os.PathLike, *, extra: dict | None = None, state: dict | None = None) -> Path:
+    """Write the model's weights and the config that rebuilds it; returns the folder.
+
+    ``state``: the full state dict when ``model`` holds only a shard of it (FSDP, DeepSpeed:
+    pass ``accelerator.get_state_dict(model)``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = model.tokenizer
@@ -51,7 +54,7 @@ def save_pretrained(model: MaskedAutoencoder, directory: str | os.PathLike, *, e
         "model": model.config.to_dict(),
         "extra": extra or {},
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in (state if state is not None else model.state_dict()).items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return directory

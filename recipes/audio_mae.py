@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from modalmae.data.audio import AudioDecoder
-from modalmae.data.shards import resolve_shards
 from modalmae.masking import random_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.fbank import AudioFrontend
@@ -56,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         sample_rate=cfg.sample_rate, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins,
         mean=cfg.fbank_mean, std=cfg.fbank_std,
     )
-    shards = resolve_shards(cfg.shards)
     decode = AudioDecoder(frontend)
 
     window = dict(decoder_window=(4, 4), decoder_shift=(2, 0)) if cfg.local_attention else {}
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
 
     result = pretrain(
-        cfg, accelerator=accelerator, model=model, shards=shards, decode=decode, masking=masking,
+        cfg, accelerator=accelerator, model=model, decode=decode, masking=masking,
         input_key="fbank", save_extra={"frontend": frontend.config()},
     )
 
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         picture = save_spectrogram_figure(
             panels, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}"
         )
-        print_outputs(result, shards=cfg.shards, picture=picture)
+        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
     return 0
 
 

@@ -24,7 +24,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from modalmae.data.points import PointDecoder
-from modalmae.data.shards import resolve_shards
 from modalmae.masking import Masks, block_masking, random_masking
 from modalmae.model import POINTMAE_DECODERS, PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.points import PointGroups
@@ -58,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
 
-    shards = resolve_shards(cfg.shards)
     decode = PointDecoder(
         num_points=cfg.num_points, num_groups=cfg.num_groups, group_size=cfg.group_size, sampling=cfg.sampling,
         augment=cfg.augment, fast=None if cfg.fast_grouping else False,
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return random_masking(x.shape[0], cfg.num_groups, cfg.mask_ratio, generator=generator)
 
     result = pretrain(
-        cfg, accelerator=accelerator, model=model, shards=shards, decode=decode, masking=masking,
+        cfg, accelerator=accelerator, model=model, decode=decode, masking=masking,
         input_key="points",
         save_extra={"points": {"num_points": cfg.num_points, "sampling": cfg.sampling}},
     )
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             point_panels(result.model, x, masks), result.output / "reconstruction.png",
             title=f"{result.last_batch['__key__'][0]} at step {result.step}",
         )
-        print_outputs(result, shards=cfg.shards, picture=picture)
+        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
     return 0
 
 

@@ -23,7 +23,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from modalmae.data.shards import resolve_shards
 from modalmae.data.video import BACKENDS, VideoDecoder
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
@@ -55,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
 
-    shards = resolve_shards(cfg.shards)
     decode = VideoDecoder(
         num_frames=cfg.num_frames, stride=cfg.sampling_rate, crop_size=cfg.input_size,
         clips_per_video=cfg.repeated_aug, flip=cfg.flip, backend=cfg.video_backend,
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return masks
 
     result = pretrain(
-        cfg, accelerator=accelerator, model=model, shards=shards, decode=decode, masking=masking,
+        cfg, accelerator=accelerator, model=model, decode=decode, masking=masking,
         input_key="video", items_per_sample=cfg.repeated_aug,
         save_extra={"video": {"sampling_rate": cfg.sampling_rate}},
     )
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             reconstruction_panels(result.model, x, masks), result.output / "reconstruction.png",
             title=f"{result.last_batch['__key__'][0]} at step {result.step}",
         )
-        print_outputs(result, shards=cfg.shards, picture=picture)
+        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
     return 0
 
 

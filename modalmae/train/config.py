@@ -22,7 +22,9 @@ def arg(default, help: str, **kw):  # noqa: A002 - mirrors argparse's name
 class PretrainConfig:
     """Flags shared by every pretraining recipe."""
 
-    shards: str = arg(None, "shards to train on: a folder from build_shards.py, its manifest.json, or a brace pattern such as 'shards/x/shard-{000000..000009}.tar'", required=True)
+    shards: list[str] = arg(None, "shards to train on: a folder from build_shards.py, its manifest.json, or a brace pattern such as 'shards/x/shard-{000000..000009}.tar'; each may be a URL (https://, s3://, gs://, pipe:CMD). Several sets are mixed (see --weights)", required=True)
+    weights: list[float] = arg(None, "how often each shard set of --shards is drawn (default: in proportion to their sample counts)")
+    resampled: bool = arg(False, "draw shards with replacement, without epochs, instead of exact epochs (every sample once per epoch)")
     output: str = arg("runs/mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/ (the final encoder + tokenizer), reconstruction.png")
     model: str = arg("base", "model size preset", choices=("tiny", "small", "base", "large"))
     batch_size: int = arg(8, "samples per process per micro-batch")
@@ -46,6 +48,7 @@ class PretrainConfig:
     keep_checkpoints: int = arg(2, "resumable checkpoints kept in <output>/checkpoints (oldest removed first)")
     resume: str = arg(None, "continue from a checkpoint folder, or 'latest' for the newest in <output>/checkpoints (starts afresh when there is none, so a restarted job can always pass it)")
     progress: bool = arg(True, "show a progress bar")
+    log_keys: bool = arg(False, "write the sample keys of every step to <output>/keys/rank<r>.jsonl (to audit the data order)")
 
 
 def build_parser(cls: type, *, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -65,6 +68,9 @@ def build_parser(cls: type, *, description: str | None = None, epilog: str | Non
             continue
         if typing.get_origin(kind) is typing.Union:  # Optional[X]
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if typing.get_origin(kind) is list:  # list[X]: one or more values
+            meta["nargs"] = "+"
+            (kind,) = typing.get_args(kind)
         parser.add_argument(flag, type=kind, default=f.default, help=help_text, **meta)
     return parser
 

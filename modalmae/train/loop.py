@@ -2,18 +2,25 @@
 
 One process or many, CPU or GPU: Accelerate wraps the model (DDP, FSDP, ...) and the optimizer.
 The data loader is deliberately *not* passed to ``accelerator.prepare``: our ``ShardStream``
-already gives each rank its own shards (see ``modalmae.data.shards``), and Accelerate would
+already gives each rank its own samples (see ``modalmae.data.shards``), and Accelerate would
 otherwise dispatch batches from rank 0 or make every rank read everything.
+
+Epochs are exact by default: every sample once per epoch, each rank's part padded to the same
+number of batches (``modalmae.data.stream``), so ``--epochs`` and the ``epoch`` column are exact
+too. ``--resampled`` draws shards with replacement instead; several ``--shards`` are mixed.
 
 ``metrics.jsonl`` (main process, one line every ``--log-every`` steps): ``step``, ``loss`` (mean
 over the steps since the previous line and over ranks), ``lr`` (used at that step),
-``samples_per_s`` (all ranks), ``epoch`` (passes over the manifest's samples, or null) and
-``skipped`` (corrupt samples skipped so far, all ranks).
+``samples_per_s`` (all ranks), ``epoch`` (passes over the data; null when resampled or mixed),
+``skipped`` (corrupt samples skipped so far, all ranks) and, with several shard sets,
+``sources`` (items drawn from each so far, all ranks).
 
-Resuming restores model, optimizer and RNG states (Accelerate ``save_state``) and the step
-count; the learning rate is a pure function of the step. The data stream is not rewound to the
-exact sample: a resumed run reseeds it from the step it restarts at, so it does not replay the
-first run's order (exact data resume is future work).
+Resuming restores model, optimizer and RNG states (Accelerate ``save_state``), the step count
+(the learning rate is a pure function of the step) and the data position: each rank saves
+``data_rank<r>.json`` (a ``StreamPosition``) in the checkpoint, and its stream continues after
+the last sample it consumed, exactly, without decoding the ones before. That needs the same
+number of processes, workers, seed and shards; otherwise the run warns and starts the
+interrupted epoch afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +41,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from modalmae.checkpoint import save_pretrained, state_digest
-from modalmae.data.shards import ShardSet
-from modalmae.data.stream import Decoder, ShardStream, make_loader
+from modalmae.data.shards import ShardSet, resolve_shards
+from modalmae.data.stream import Decoder, ShardStream, StreamPosition, make_loader
 from modalmae.masking import Masks
 from modalmae.model import MaskedAutoencoder
 
@@ -75,6 +83,38 @@ def model_inputs(batch: dict, input_key: str | tuple[str, ...], device: torch.de
     return {key: batch[key].to(device, non_blocking=True) for key in input_key}
 
 
+def _stream_identity(cfg, world: int, sources: list[ShardSet], workers: int) -> dict:
+    """What a saved data position is only valid for."""
+    return {
+        "world_size": world, "workers": workers, "seed": cfg.seed, "batch_size": cfg.batch_size,
+        "resampled": cfg.resampled, "shards": [s.urls for s in sources],
+    }
+
+
+def _load_position(resume: Path, *, rank: int, identity: dict) -> dict | None:
+    """This rank's saved data position, or None (with a warning) when it no longer applies."""
+    path = resume / f"data_rank{rank}.json"
+    if not path.is_file():
+        warnings.warn(f"{resume}: no data position for rank {rank}; the data stream starts afresh", stacklevel=2)
+        return None
+    saved = json.loads(path.read_text())
+    changed = [k for k in identity if saved.get(k) != identity[k]]
+    if changed:
+        warnings.warn(
+            f"{resume}: the data position was saved with other {', '.join(changed)}; the data stream starts "
+            f"afresh (samples of the interrupted epoch may repeat)", stacklevel=2,
+        )
+        return None
+    return saved
+
+
+def next_batch(batches, rank: int) -> dict:
+    try:
+        return next(batches)
+    except StopIteration:
+        raise RuntimeError(f"rank {rank}: every loader worker stopped; none of its samples decode (see the errors above)") from None
+
+
 def find_resume(cfg, output: Path) -> Path | None:
     if not cfg.resume:
         return None
@@ -92,35 +132,50 @@ def pretrain(
     *,
     accelerator: Accelerator,
     model: MaskedAutoencoder,
-    shards: ShardSet,
     decode: Decoder,
     masking: Callable[[torch.Tensor, torch.Generator], Masks],
     input_key: str | tuple[str, ...],
     items_per_sample: int = 1,
     save_extra: dict | None = None,
+    shards: ShardSet | list[ShardSet] | None = None,
 ) -> PretrainResult:
-    """Train ``model`` on ``shards`` for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs``
-    passes over the manifest's samples, each giving ``items_per_sample`` items after ``decode``);
+    """Train ``model`` on ``shards`` (default: ``cfg.shards`` resolved) for ``cfg.max_steps``
+    optimizer steps (or ``cfg.epochs`` passes over the data, each sample giving
+    ``items_per_sample`` items after ``decode``);
     ``masking(x, generator)`` draws the masks of a batch ``x`` (most only need its size).
 
     ``x`` is ``batch[input_key]``, or ``{key: batch[key]}`` when ``input_key`` is a tuple of
     keys (inputs of several tensors, such as volumes plus which sequences are present)."""
     output = Path(cfg.output)
     rank, world = accelerator.process_index, accelerator.num_processes
-    epoch_samples = shards.num_samples * items_per_sample if shards.num_samples else None
+    if shards is None:
+        shards = [resolve_shards(spec) for spec in cfg.shards]
+    sources = [shards] if isinstance(shards, ShardSet) else list(shards)
+    stream = ShardStream(
+        sources, decode, weights=cfg.weights, rank=rank, world_size=world, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+        resampled=cfg.resampled, pad_to=cfg.batch_size, items_per_sample=items_per_sample,
+    )
+    start_step, resume = 0, find_resume(cfg, output)
+    workers = min(cfg.workers, stream.max_workers())  # what make_loader will use
+    position = _load_position(resume, rank=rank, identity=_stream_identity(cfg, world, sources, workers)) if resume else None
+    stream.start = position["stream"] if position else {}
+    loader = make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
+    rank_epoch_items = stream.items_per_epoch(loader.num_workers)  # the same on every rank
+    epoch_samples = rank_epoch_items * world if rank_epoch_items else None
     effective_batch = cfg.batch_size * cfg.grad_accum * world
     lr = cfg.lr if cfg.lr is not None else cfg.blr * effective_batch / 256
     max_steps = cfg.max_steps
     if cfg.epochs is not None:
         if not epoch_samples:
-            raise ValueError("--epochs needs shards with a manifest.json, which gives the epoch length")
+            raise ValueError("--epochs needs exact epochs over one shard set with a manifest.json (not --resampled or mixed)")
         max_steps = math.ceil(cfg.epochs * epoch_samples / effective_batch)
     warmup = min(cfg.warmup_steps, max_steps // 2)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         resolved = {
             **dataclasses.asdict(cfg), "resolved_lr": lr, "resolved_max_steps": max_steps,
-            "effective_batch": effective_batch, "world_size": world, "epoch_samples": epoch_samples,
+            "effective_batch": effective_batch, "world_size": world, "loader_workers": loader.num_workers,
+            "epoch_samples": epoch_samples,
         }
         (output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
@@ -128,21 +183,26 @@ def pretrain(
     min_ratio = cfg.min_lr / lr if lr else 0.0
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    start_step, resume = 0, find_resume(cfg, output)
     if resume is not None:
         accelerator.load_state(str(resume))
         start_step = json.loads((resume / STATE_NAME).read_text())["step"]
         accelerator.print(f"resumed from {resume} at step {start_step}")
     set_seed(cfg.seed + start_step, device_specific=True)
-    stream = ShardStream(
-        shards, decode, rank=rank, world_size=world, seed=cfg.seed + start_step, shuffle_buffer=cfg.shuffle_buffer
-    )
-    batches = iter(make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda"))
+    consumed = StreamPosition(len(sources), loader.num_workers, position and position["stream"])
+    source_counts = torch.tensor(position["source_counts"] if position else [0] * len(sources), dtype=torch.float64)
+    batches = iter(loader)
     generator = torch.Generator()
+    keys_log = None
+    if cfg.log_keys:
+        (output / "keys").mkdir(parents=True, exist_ok=True)
+        keys_log = open(output / "keys" / f"rank{rank}.jsonl", "a")  # noqa: SIM115 - closed at the end
 
     def save_checkpoint(step: int) -> None:
         folder = output / CHECKPOINTS / f"step_{step:07d}"
         accelerator.save_state(str(folder))
+        data = {**_stream_identity(cfg, world, sources, loader.num_workers), "stream": consumed.state(), "source_counts": source_counts.tolist()}
+        (folder / f"data_rank{rank}.json").write_text(json.dumps(data) + "\n")
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (folder / STATE_NAME).write_text(json.dumps({"step": step}) + "\n")
             for old in sorted((output / CHECKPOINTS).glob("step_*"))[: -cfg.keep_checkpoints]:
@@ -166,7 +226,7 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = lr_used
         for _ in range(cfg.grad_accum):
-            batch = next(batches)
+            batch = next_batch(batches, rank)
             x = model_inputs(batch, input_key, accelerator.device)
             masks = masking(x, generator).to(accelerator.device)
             with accelerator.accumulate(model):
@@ -177,16 +237,21 @@ def pretrain(
                 optimizer.step()
                 optimizer.zero_grad()
             window_loss += out.loss.detach() / cfg.grad_accum
-            for epoch, url in zip(batch["__epoch__"], batch["__url__"]):
+            consumed.update(batch)
+            for epoch, url, source in zip(batch["__epoch__"], batch["__url__"], batch["__source__"]):
                 shards_read.setdefault(epoch, set()).add(url)
+                source_counts[source] += 1
+            if keys_log is not None:
+                items = zip(batch["__source__"], batch["__epoch__"], batch["__key__"], batch["__pad__"])
+                keys_log.write(json.dumps({"step": step, "items": [list(i) for i in items]}) + "\n")
             samples_seen += len(batch["__key__"])
             skipped_total += batch.get("num_skipped", 0)
         window_steps += 1
         bar.update(1)
 
         if step % cfg.log_every == 0 or step == max_steps:
-            stats = torch.stack([window_loss / window_steps, window_loss.new_tensor(skipped_total)])
-            stats = accelerator.reduce(stats, reduction="sum")  # loss summed over ranks, skips too
+            stats = torch.cat([torch.stack([window_loss / window_steps, window_loss.new_tensor(skipped_total)]), source_counts.to(window_loss)])
+            stats = accelerator.reduce(stats, reduction="sum")  # loss summed over ranks, counts too
             elapsed = time.perf_counter() - tick
             record = {
                 "step": step,
@@ -196,6 +261,8 @@ def pretrain(
                 "epoch": step * effective_batch / epoch_samples if epoch_samples else None,
                 "skipped": int(stats[1].item()),
             }
+            if len(sources) > 1:
+                record["sources"] = {s.name: int(c) for s, c in zip(sources, stats[2:].tolist())}
             if metrics is not None:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
@@ -204,17 +271,24 @@ def pretrain(
         if step % cfg.save_every == 0 and step != max_steps:
             save_checkpoint(step)
     bar.close()
+    if keys_log is not None:
+        keys_log.close()
     if not batch:  # resumed at the end already: still hand back a batch for pictures
-        batch = next(batches)
+        batch = next_batch(batches, rank)
 
     final_step = max(start_step, max_steps)
     save_checkpoint(final_step)
     unwrapped = accelerator.unwrap_model(model)
-    record = {"rank": rank, "shards_read": {e: sorted(u) for e, u in sorted(shards_read.items())}, "samples_seen": samples_seen, "skipped": skipped_total, "weights_digest": state_digest(unwrapped)}
+    record = {
+        "rank": rank, "steps": final_step - start_step, "shards_read": {e: sorted(u) for e, u in sorted(shards_read.items())},
+        "samples_seen": samples_seen, "skipped": skipped_total, "items_per_epoch": rank_epoch_items,
+        "weights_digest": state_digest(unwrapped),
+    }
     (output / "ranks").mkdir(parents=True, exist_ok=True)
     (output / "ranks" / f"rank{rank}.json").write_text(json.dumps(record, indent=2) + "\n")
+    full_state = accelerator.get_state_dict(model)  # gathers FSDP / DeepSpeed shards; a collective
     if accelerator.is_main_process:
-        save_pretrained(unwrapped, output / "model", extra=save_extra)
+        save_pretrained(unwrapped, output / "model", extra=save_extra, state=full_state)
         metrics.close()
     accelerator.wait_for_everyone()
     return PretrainResult(model=unwrapped, last_batch=batch, step=final_step, output=output)
