@@ -116,3 +116,27 @@ def test_epochs_from_manifest_with_gradient_accumulation(shards, tmp_path):
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [1, 2] and metrics[-1]["epoch"] == 1.0
     assert json.loads((run / "ranks" / "rank0.json").read_text())["samples_seen"] == 8
+
+
+def test_two_shard_sets_are_mixed_by_weight_and_counted(tmp_path):
+    build = load_script("pipelines/build_shards.py")
+    sets = []
+    for name, files in (("a", sorted(AUDIO.glob("*.wav"))[:4]), ("b", sorted(AUDIO.glob("*.wav"))[4:])):
+        raw = tmp_path / f"raw_{name}"
+        raw.mkdir()
+        for f in files:
+            shutil.copy(f, raw / f.name)
+        sets.append(tmp_path / name)
+        assert build.main(["--modality", "audio", "--input", str(raw), "--output", str(sets[-1]), "--workers", "1", "--quiet"]) == 0
+    recipe = load_script("recipes/audio_mae.py")
+    run = tmp_path / "run"
+    args = ["--shards", *map(str, sets), "--weights", "3", "1", "--output", str(run), "--max-steps", "10", *TRAIN_ARGS]
+    args[args.index("--num-frames") + 1] = "64"
+    assert recipe.main(args) == 0
+    last = read_metrics(run)[-1]
+    counts = last["sources"]
+    assert set(counts) == {str(s) for s in sets} and sum(counts.values()) == 10 * 4
+    assert counts[str(sets[0])] > counts[str(sets[1])]  # 3:1 (expected 30 of 40)
+    assert last["epoch"] is None  # mixed sources have no single epoch
+    with pytest.raises(ValueError, match="--epochs needs exact epochs"):
+        recipe.main([*args, "--epochs", "1"])

@@ -7,7 +7,8 @@ of items: several clips of one video); a sample it cannot decode is counted and 
 
 Equal steps. With ``pad_to=batch_size`` and a manifest, every slot's epoch holds exactly the same
 number of items, a multiple of the batch size: the slot's segment once (a pass, shuffled), then
-as much of it again as needed (a padding pass, shuffled anew, items marked ``__pad__``). The
+as much of its start again as needed (less than a batch: segments differ by at most one sample;
+items marked ``__pad__``, decoded with other augmentations). The
 DataLoader takes one batch from each worker in turn, so a rank's epoch ends exactly at a batch
 boundary and every rank runs the same number of steps per epoch. The stream never ends (unless
 ``epochs`` is given), so no rank waits at an epoch end for another.
@@ -138,7 +139,10 @@ class ShardStream(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         # The DataLoader always asks worker 0 first: on resume, loader worker 0 takes the role
         # of the slot whose batch came next, so the interleaving continues unbroken.
-        worker = (worker + self.start.get("next_worker", 0)) % num_workers
+        yield from self.slot_items((worker + self.start.get("next_worker", 0)) % num_workers, num_workers)
+
+    def slot_items(self, worker: int, num_workers: int) -> Iterator[dict]:
+        """The items of this rank's slot ``worker`` of ``num_workers`` (what that worker yields)."""
         start = self.start.get("slots", {}).get(str(worker), {})
         positions = start.get("sources") or [None] * len(self.sources)
         streams = [
@@ -230,19 +234,22 @@ class ShardStream(IterableDataset):
         if length is None:  # whole shards of unknown length: one pass
             yield from ((i, s, False) for i, s in enumerate(self._pass(lambda: iter(plan), f"{slot}:0", first, False)))
             return
-        # Passes before the one holding ``first`` are skipped without a look; padding repeats
-        # the segment, each pass shuffled by its own generator.
+        # Passes before the one holding ``first`` are skipped without a look. Padding repeats
+        # the segment from its start, unshuffled: a shuffle buffer would read the whole
+        # segment again to hand out the few samples a padding pass needs.
         for p in itertools.count(first // length):
             offset = p * length
-            for i, sample in enumerate(self._pass(lambda: iter(plan), f"{slot}:{p}", first - offset, True)):
+            buffer = self.shuffle_buffer if p == 0 else 1
+            for i, sample in enumerate(self._pass(lambda: iter(plan), f"{slot}:{p}", first - offset, True, buffer)):
                 yield offset + i, sample, p > 0
             if not padded:
                 return
 
-    def _pass(self, pieces: Callable[[], Iterable[Piece]], seed: str, first: int, sizes_known: bool) -> Iterator:
+    def _pass(self, pieces: Callable[[], Iterable[Piece]], seed: str, first: int, sizes_known: bool, buffer: int | None = None) -> Iterator:
         """One shuffled pass over ``pieces()``; samples before ``first`` may come out as PASSED."""
-        passed = _passed_pieces(pieces(), seed, first, self.shuffle_buffer) if sizes_known and first > 0 else set()
-        yield from _shuffled(_samples(pieces(), passed), self.shuffle_buffer, random.Random(seed))
+        buffer = self.shuffle_buffer if buffer is None else buffer
+        passed = _passed_pieces(pieces(), seed, first, buffer) if sizes_known and first > 0 else set()
+        yield from _shuffled(_samples(pieces(), passed), buffer, random.Random(seed))
 
 
 def _samples(pieces: Iterable[Piece], passed: set[int]) -> Iterator[dict | _Missing | _Passed]:
