@@ -34,9 +34,12 @@ def shards(tmp_path_factory):
 
 def launch(processes, shards, run, *extra):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    if processes == 2:  # the config file the README gives for two CPU processes
+        how = ["--config_file", str(REPO / "recipes" / "configs" / "cpu_2proc.yaml")]
+    else:
+        how = ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "accelerate.commands.launch", *how,
         str(REPO / "recipes" / "audio_mae.py"), "--shards", str(shards), "--output", str(run), *ARGS, *extra,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -87,3 +90,18 @@ def test_two_processes_resume_mid_epoch_continues_the_same_order(shards, tmp_pat
         assert len(epoch0) == len(set(epoch0))
     ranks = [json.loads((whole / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+
+
+@pytest.mark.parametrize(
+    "name,kind,processes,machines",
+    [("gpu_1", "NO", 1, 1), ("gpu_8", "MULTI_GPU", 8, 1), ("two_nodes", "MULTI_GPU", 16, 2), ("fsdp_8gpu", "FSDP", 8, 1)],
+)
+def test_shipped_accelerate_configs_load(name, kind, processes, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "recipes" / "configs" / f"{name}.yaml"))
+    assert (config.distributed_type.value, config.num_processes, config.num_machines) == (kind, processes, machines)
+    if kind == "FSDP":  # wraps our transformer block class, which must exist under that name
+        from modalmae.model import transformer
+
+        assert hasattr(transformer, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])

@@ -48,15 +48,22 @@ gives the same keys in the same order.
 
 Batches (produced by ``modalmae.data``)
 ---------------------------------------
-Audio (``AudioShardDataset`` + ``collate``)::
+Every batch of a ``ShardStream`` (any modality) holds where its items came from::
 
-    "fbank"        float32 [B, T, F]  normalized log-mel filterbank (T frames, F mel bins)
     "__key__"      list[str]          sample keys
     "__url__"      list[str]          the shard each sample came from
-    "__epoch__"    list[int]          the pass over the shards the sample belongs to
-    "label"        list[str | None]   label from the sample json, None when absent
+    "__epoch__"    list[int]          the pass over the shard set the sample belongs to
+    "__index__"    list[int]          the sample's place in its worker's part of that epoch
+    "__worker__"   list[int]          the loader worker (slot) that produced it
+    "__source__"   list[int]          which shard set, when several are mixed (else 0)
+    "__pad__"      list[bool]         True for the padding that evens out the ranks' epochs
     "num_skipped"  int                corrupt samples the producing worker skipped since its
                                       previous batch (summed into the training metrics)
+
+Audio (``AudioDecoder`` + ``collate``)::
+
+    "fbank"        float32 [B, T, F]  normalized log-mel filterbank (T frames, F mel bins)
+    "label"        list[str | None]   label from the sample json, None when absent
 
 Video (``VideoDecoder`` + ``collate``): the same keys with ``"video"`` instead of ``"fbank"``::
 

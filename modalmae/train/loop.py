@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
-from modalmae.checkpoint import save_pretrained, state_digest
+from modalmae.checkpoint import load_pretrained, save_pretrained, state_digest
 from modalmae.data.shards import ShardSet, resolve_shards
 from modalmae.data.stream import Decoder, ShardStream, StreamPosition, make_loader
 from modalmae.masking import Masks
@@ -278,7 +278,16 @@ def pretrain(
 
     final_step = max(start_step, max_steps)
     save_checkpoint(final_step)
+    full_state = accelerator.get_state_dict(model)  # gathers FSDP / DeepSpeed shards; a collective
     unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        save_pretrained(unwrapped, output / "model", extra=save_extra, state=full_state)
+        metrics.close()
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # Each rank holds a shard of the weights: what the recipe draws with (main process
+        # only, no collectives) is a whole copy rebuilt from the saved model.
+        accelerator.wait_for_everyone()
+        unwrapped = load_pretrained(output / "model")[0].to(accelerator.device)
     record = {
         "rank": rank, "steps": final_step - start_step, "shards_read": {e: sorted(u) for e, u in sorted(shards_read.items())},
         "samples_seen": samples_seen, "skipped": skipped_total, "items_per_epoch": rank_epoch_items,
@@ -286,10 +295,6 @@ def pretrain(
     }
     (output / "ranks").mkdir(parents=True, exist_ok=True)
     (output / "ranks" / f"rank{rank}.json").write_text(json.dumps(record, indent=2) + "\n")
-    full_state = accelerator.get_state_dict(model)  # gathers FSDP / DeepSpeed shards; a collective
-    if accelerator.is_main_process:
-        save_pretrained(unwrapped, output / "model", extra=save_extra, state=full_state)
-        metrics.close()
     accelerator.wait_for_everyone()
     return PretrainResult(model=unwrapped, last_batch=batch, step=final_step, output=output)
 
