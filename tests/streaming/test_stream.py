@@ -137,10 +137,10 @@ def run_position(batches, workers=1):
     return position.state()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_continues_exactly_where_the_consumed_batches_stopped(tmp_path, workers):
+@pytest.mark.parametrize("workers,resampled", [(0, False), (2, False), (2, True)])
+def test_resume_continues_exactly_where_the_consumed_batches_stopped(tmp_path, workers, resampled):
     shards = resolve_shards(write_shards(tmp_path / "ds", [6, 6, 6, 5]))
-    kw = dict(rank=1, world_size=2, seed=3, pad_to=2, shuffle_buffer=4)
+    kw = dict(rank=1, world_size=2, seed=3, pad_to=2, shuffle_buffer=4, resampled=resampled)
 
     def batches(start=None, n=None):
         loader = make_loader(ShardStream(shards, decode, start=start, **kw), batch_size=2, num_workers=workers)
