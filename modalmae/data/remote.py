@@ -92,7 +92,7 @@ class _Counted:
     def __getattr__(self, name):  # seek, tell, seekable, close...
         return getattr(self.raw, name)
 
-    def __enter__(self) -> "_Counted":
+    def __enter__(self) -> _Counted:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -41,7 +41,7 @@ def server(tmp_path):
 
 def test_http_manifest_and_shards_with_a_retry(server, monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    url, folder = server
+    url, _ = server
     shards = resolve_shards(url)  # the folder URL: its manifest.json
     assert shards.num_samples == 11 and shards.urls[0] == url + "shard-000000.tar"
     items = take(ShardStream(shards, decode, epochs=1, shuffle_buffer=1, shuffle_shards=False), 10)
