@@ -102,8 +102,8 @@ def point_panels(model: MaskedAutoencoder, x: Tensor, masks: Masks, *, index: in
     model.train(was_training)
     tok = model.tokenizer
     centres = x[:, :, 0]
-    truth = tok.unpatchify(tok.patchify(x), centres)[index]  # [G, k, 3]
-    guess = tok.unpatchify(out.pred, centres)[index]
+    truth = tok.unpatchify(tok.patchify(x), coords=centres)[index]  # [G, k, 3]
+    guess = tok.unpatchify(out.pred, coords=centres)[index]
     hidden = masks.mask[index].bool()
     return {
         "input": truth.reshape(-1, 3).cpu(),

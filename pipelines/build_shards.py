@@ -4,7 +4,7 @@ Every file is checked (decoded in full) in parallel worker processes; files that
 are skipped and listed with their reason in the manifest, and the run still succeeds. Shards are
 written under a temporary name and renamed when complete; rebuilding the same folder gives
 byte-identical shards. The library behind it is ``modalmae.shards``; the shard format is
-documented in ``modalmae/data/schema.py``.
+documented in ``modalmae/formats/schema.py``.
 """
 
 from __future__ import annotations

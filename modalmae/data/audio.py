@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from modalmae.data.schema import AUDIO_FORMATS
+from modalmae.formats.schema import AUDIO_FORMATS
 from modalmae.tokenizers.fbank import AudioFrontend
 
 

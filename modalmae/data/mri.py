@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modalmae.shards.mri import load_nifti
+from modalmae.formats.nifti import load_nifti
 
 
 def _triple(value) -> tuple:

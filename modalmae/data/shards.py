@@ -34,7 +34,7 @@ from pathlib import Path
 from braceexpand import braceexpand
 
 from modalmae.data.remote import is_remote, iter_shard, join_url, open_url
-from modalmae.data.schema import MANIFEST_NAME, SHARD_PATTERN
+from modalmae.formats.schema import MANIFEST_NAME, SHARD_PATTERN
 
 __all__ = ["Piece", "ShardSet", "exact_pieces", "iter_shard", "resampled_pieces", "resolve_shards"]
 

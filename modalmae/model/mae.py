@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from modalmae.masking import Masks
 from modalmae.model.config import MAEConfig
-from modalmae.model.loss import mse_per_token, weighted_mean
+from modalmae.model.loss import weighted_mean
 from modalmae.model.transformer import Transformer, init_weights, window_attention_mask
-from modalmae.tokenizers.base import Tokens
+from modalmae.tokenizers.base import Tokenizer, Tokens
 from modalmae.tokenizers.positions import grid_coordinates
 
 
@@ -35,7 +35,7 @@ def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
 class Encoder(nn.Module):
     """Tokenizer + transformer. ``forward`` gives features of every token (no masking)."""
 
-    def __init__(self, tokenizer: nn.Module, config: MAEConfig) -> None:
+    def __init__(self, tokenizer: Tokenizer, config: MAEConfig) -> None:
         super().__init__()
         if tokenizer.embed_dim != config.encoder_dim:
             raise ValueError(
@@ -59,11 +59,16 @@ class Encoder(nn.Module):
     def num_prefix_tokens(self) -> int:
         return 0 if self.cls_token is None else 1
 
-    def encode(self, embeddings: Tensor, ids_keep: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
-        """[B, L, D] embeddings -> [B, prefix + Lk, D] for the kept tokens. ``positions`` [B, L, D]
-        are added before every block (tokenizers that set ``Tokens.positions``)."""
-        x = embeddings if ids_keep is None else gather_tokens(embeddings, ids_keep)
-        pos = positions if positions is None or ids_keep is None else gather_tokens(positions, ids_keep)
+    def encode(self, tokens: Tokens, ids_keep: Tensor | None = None) -> Tensor:
+        """Tokens -> [B, prefix + Lk, D] features of the kept tokens ``ids_keep`` [B, Lk] (all
+        when None). Positions are added to the input, or before every block when the tokenizer
+        says so (``pos_every_block``); the CLS token has none."""
+        x = tokens.embeddings  # [B, L, D]
+        pos = tokens.positions.expand(x.shape[0], -1, -1)  # [B, L, D]
+        if ids_keep is not None:
+            x, pos = gather_tokens(x, ids_keep), gather_tokens(pos, ids_keep)
+        if not self.tokenizer.pos_every_block:
+            x, pos = x + pos, None
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
             pos = None if pos is None else torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
@@ -71,8 +76,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Inputs of the tokenizer's modality -> [B, prefix + L, D] features."""
-        tokens = self.tokenizer(x)
-        return self.encode(tokens.embeddings, positions=tokens.positions)
+        return self.encode(self.tokenizer(x))
 
     def pooled(self, x: Tensor, *, pool: str = "mean") -> Tensor:
         """[B, D] clip embedding: mean over patch tokens (then ``fc_norm`` when the encoder has
@@ -92,7 +96,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, tokenizer: nn.Module, config: MAEConfig) -> None:
+    def __init__(self, tokenizer: Tokenizer, config: MAEConfig) -> None:
         super().__init__()
         dim = config.decoder_dim
         self.embed = nn.Linear(config.encoder_dim, dim)
@@ -103,7 +107,7 @@ class Decoder(nn.Module):
             eps=config.norm_eps,
         )
         self.head = nn.Linear(dim, tokenizer.patch_dim)
-        self.pos_every_block = getattr(tokenizer, "pos_every_block", False)
+        self.pos_every_block = tokenizer.pos_every_block
         self.window = config.decoder_window
         if self.window is not None:
             if tokenizer.grid is None or len(tokenizer.grid) != len(self.window):
@@ -152,21 +156,21 @@ class MAEOutput:
 
 
 class MaskedAutoencoder(nn.Module):
-    def __init__(self, tokenizer: nn.Module, config: MAEConfig) -> None:
+    def __init__(self, tokenizer: Tokenizer, config: MAEConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(tokenizer, config)
         self.decoder = Decoder(tokenizer, config)
 
     @property
-    def tokenizer(self) -> nn.Module:
+    def tokenizer(self) -> Tokenizer:
         return self.encoder.tokenizer
 
     def forward(self, x: Tensor, masks: Masks) -> MAEOutput:
         """Encode the visible tokens, predict ``masks.ids_predict`` (default: every masked token)."""
         ids_predict = masks.ids_masked if masks.ids_predict is None else masks.ids_predict
         tokens = self.tokenizer(x)
-        latent = self.encoder.encode(tokens.embeddings, masks.ids_keep, tokens.positions)
+        latent = self.encoder.encode(tokens, masks.ids_keep)
         pred = self.decoder(
             latent, tokens, ids_keep=masks.ids_keep, ids_predict=ids_predict, num_prefix=self.encoder.num_prefix_tokens
         )
@@ -178,9 +182,8 @@ class MaskedAutoencoder(nn.Module):
         if self.config.norm_pix_loss:
             mean, std = self.tokenizer.target_stats(target)
             target = (target - mean) / std
-        # The loss is computed on the predicted tokens only: the tokenizer's own (Chamfer for
-        # point groups) or MSE, averaged over those that are masked.
-        target_predict = gather_tokens(target, ids_predict)
-        per_token = self.tokenizer.loss(pred, target_predict) if hasattr(self.tokenizer, "loss") else mse_per_token(pred, target_predict)
+        # The loss is computed on the predicted tokens only, with the tokenizer's per-token loss
+        # (MSE, Chamfer for point groups), averaged over those that are masked.
+        per_token = self.tokenizer.loss(pred, gather_tokens(target, ids_predict))
         loss = weighted_mean(per_token, torch.gather(masks.mask, 1, ids_predict))
         return MAEOutput(loss=loss, pred=pred_full, target=target, mask=masks.mask, loss_mask=loss_mask)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from modalmae.masking import completion_masks
-from modalmae.model.loss import mse_per_token
+from modalmae.tokenizers.base import mse_per_token
 from modalmae.model.mae import MAEOutput, MaskedAutoencoder
 
 

@@ -5,7 +5,7 @@
                             options=audio.Options(transcode=True))
 
 ``build`` is modality-generic; ``audio``, ``video``, ``points`` and ``mri`` are the modalities so far; ``writer`` writes the tars.
-What the shards hold is documented in ``modalmae.data.schema``.
+What the shards hold is documented in ``modalmae.formats.schema``.
 """
 
 from modalmae.shards import audio, mri, points, video

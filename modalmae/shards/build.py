@@ -6,7 +6,7 @@ in flight, so the shards are deterministic and memory stays flat), and writes th
 through ``ShardWriter``. A file that cannot be used becomes a ``Skip`` with its reason; nothing
 a worker raises, not even a crash of the worker process, stops the run. The manifest is
 deleted when a build starts and written last, atomically: a folder with a manifest is a
-complete build. The format is documented in ``modalmae.data.schema``.
+complete build. The format is documented in ``modalmae.formats.schema``.
 
 A modality is any object (in practice a module such as ``modalmae.shards.audio``) with
 ``NAME``, ``EXTENSIONS`` (lower-case suffixes with the dot), an ``Options`` dataclass and
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from modalmae import __version__
-from modalmae.data.schema import FORMAT_VERSION, MANIFEST_NAME, sample_key
+from modalmae.formats.schema import FORMAT_VERSION, MANIFEST_NAME, sample_key
 from modalmae.shards.types import Sample, Skip
 from modalmae.shards.writer import ShardWriter, remove_stale
 

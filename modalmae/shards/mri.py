@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from modalmae.formats.nifti import load_nifti
 from modalmae.shards.types import Sample, Skip
 
 NAME = "mri"
@@ -125,17 +126,6 @@ def find_jobs(root: Path, options: Options) -> tuple[list[tuple[Subject, str]], 
                 continue
             entry.files[sequence], entry.relpaths[sequence] = root / relpath, relpath
     return [(subjects[s], s) for s in sorted(subjects)], ignored
-
-
-def load_nifti(data: bytes):
-    """A nibabel image from the bytes of a .nii or .nii.gz (told apart by the gzip magic)."""
-    import nibabel as nib
-
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    if len(data) < 348:
-        raise ValueError(f"{len(data)} bytes: too short for a NIfTI header")
-    return nib.Nifti1Image.from_bytes(data)
 
 
 def dicom_series_to_nifti(folder: Path) -> bytes:

@@ -1,7 +1,7 @@
 """Deterministic, atomic WebDataset tar shards.
 
 A shard is a plain tar whose members ``<key>.<ext>`` are grouped by sample (the WebDataset
-layout, see ``modalmae.data.schema``). Two properties matter downstream:
+layout, see ``modalmae.formats.schema``). Two properties matter downstream:
 
 - Atomic: each shard is written as ``<name>.tmp``, flushed to disk and renamed when complete,
   so an interrupted build never leaves a half shard under a final name.
@@ -20,7 +20,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from modalmae.data.schema import SHARD_PATTERN
+from modalmae.formats.schema import SHARD_PATTERN
 
 BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK  # two zero blocks

@@ -5,7 +5,8 @@ A cloud [B, N, 3] becomes G groups (64 by default): farthest point sampling pick
 group, stored relative to its centre. A mini-PointNet embeds each group (shared MLP 3 -> 128
 -> 256, max-pool, concat the pooled feature to every point, MLP 512 -> 512 -> D, max-pool);
 an MLP of the centre coordinates (3 -> 128 -> D) gives its position, which Point-MAE adds
-before *every* transformer block (``pos_every_block``). Targets are the groups' points.
+before *every* transformer block (``pos_every_block``). Targets are the groups' points, and the
+loss is the Chamfer distance between predicted and true groups (``chamfer``, L2 or L1).
 
 Grouping is not learned, so it can run in DataLoader workers (``group_points``) where the CPU
 fast paths apply: ``fpsample`` for FPS and scipy's cKDTree for kNN give the same groups as
@@ -21,8 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.model.loss import chamfer
-from modalmae.tokenizers.base import Tokens
+from modalmae.tokenizers.base import TokenizerBase, Tokens
 
 
 def fps_torch(points: Tensor, num: int) -> Tensor:
@@ -92,6 +92,28 @@ def group_points(points: Tensor, *, num_groups: int, group_size: int, fast: bool
     return grouped[0] if single else grouped
 
 
+def chamfer(a: Tensor, b: Tensor, *, squared: bool = True, chunk_elements: int = 1 << 24) -> Tensor:
+    """Chamfer distance between point sets a [M, n, 3] and b [M, m, 3] -> [M].
+
+    Point-MAE's CD-L2 (``squared``): mean squared distance from each point of a to its nearest
+    point of b, plus the same from b to a. CD-L1: the mean of the two mean (unsquared)
+    distances. Pairwise distances are computed ``chunk_elements`` at a time, so memory stays
+    bounded however many sets there are.
+    """
+    sets, n, m = a.shape[0], a.shape[1], b.shape[1]
+    step = max(1, chunk_elements // (n * m))
+    out = []
+    for start in range(0, sets, step):
+        x, y = a[start : start + step].float(), b[start : start + step].float()
+        d = (x[:, :, None] - y[:, None]).pow(2).sum(-1)  # [s, n, m] squared distances
+        ab, ba = d.min(dim=2).values, d.min(dim=1).values  # [s, n], [s, m]
+        if squared:
+            out.append(ab.mean(1) + ba.mean(1))
+        else:  # clamp: sqrt has no gradient at 0
+            out.append((ab.clamp_min(1e-12).sqrt().mean(1) + ba.clamp_min(1e-12).sqrt().mean(1)) / 2)
+    return torch.cat(out)
+
+
 class MiniPointNet(nn.Module):
     """Point-MAE's group encoder: [B*G, k, 3] -> [B*G, dim]."""
 
@@ -108,7 +130,7 @@ class MiniPointNet(nn.Module):
 
 
 class CentrePositions(nn.Module):
-    """Point-MAE's position MLP on group centres: Tokens -> [B, G, dim]."""
+    """Point-MAE's position MLP on group centres: Tokens (their ``coords``) -> [B, G, dim]."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -118,7 +140,7 @@ class CentrePositions(nn.Module):
         return self.mlp(tokens.coords)
 
 
-class PointGroups(nn.Module):
+class PointGroups(TokenizerBase):
     pos_every_block = True  # Point-MAE adds positions before every block, encoder and decoder
 
     def __init__(self, *, embed_dim: int = 384, num_groups: int = 64, group_size: int = 32, loss: str = "chamfer_l2") -> None:
@@ -126,7 +148,7 @@ class PointGroups(nn.Module):
         if loss not in ("chamfer_l2", "chamfer_l1"):
             raise ValueError(f"unknown point loss {loss!r}: chamfer_l2 or chamfer_l1")
         self.embed_dim, self.num_groups, self.group_size, self.loss_name = embed_dim, num_groups, group_size, loss
-        self.grid = None  # no regular grid: no local-window attention
+        # self.grid stays None: no regular grid, no local-window attention
         self.num_tokens = num_groups
         self.patch_dim = group_size * 3
         self.embed = MiniPointNet(embed_dim)
@@ -149,9 +171,12 @@ class PointGroups(nn.Module):
         """-> [B, G, k * 3]: each group's points relative to its centre."""
         return rearrange(self.grouped(x)[:, :, 1:], "b g k c -> b g (k c)")
 
-    def unpatchify(self, patches: Tensor, centres: Tensor) -> Tensor:
-        """[B, G, k * 3] relative groups + [B, G, 3] centres -> absolute points [B, G, k, 3]."""
-        return rearrange(patches, "b g (k c) -> b g k c", c=3) + centres[:, :, None]
+    def unpatchify(self, patches: Tensor, coords: Tensor | None = None) -> Tensor:
+        """[B, G, k * 3] relative groups + their centres ``coords`` [B, G, 3] (``Tokens.coords``)
+        -> absolute points [B, G, k, 3]."""
+        if coords is None:
+            raise ValueError("point groups are stored relative to their centres: pass coords (Tokens.coords)")
+        return rearrange(patches, "b g (k c) -> b g k c", c=3) + coords[:, :, None]
 
     def target_stats(self, patches: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError("point groups have no norm-pix targets: train with norm_pix_loss off")
@@ -167,9 +192,8 @@ class PointGroups(nn.Module):
         centres, groups = packed[:, :, 0], packed[:, :, 1:]  # [B, G, 3], [B, G, k, 3]
         b = groups.shape[0]
         features = self.embed(rearrange(groups, "b g k c -> (b g) k c")).view(b, self.num_groups, -1)
-        tokens = Tokens(embeddings=features, targets=rearrange(groups, "b g k c -> b g (k c)"), coords=centres)
-        tokens.positions = self.positions(tokens)
-        return tokens
+        targets = rearrange(groups, "b g k c -> b g (k c)")
+        return Tokens(embeddings=features, positions=self.positions.mlp(centres), targets=targets, coords=centres)
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return CentrePositions(dim)

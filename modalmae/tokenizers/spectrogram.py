@@ -3,7 +3,8 @@
 A [B, T, F] filterbank (T = 1024 frames of 10 ms, F = 128 mel bins, see ``fbank.AudioFrontend``)
 is cut into (T / 16) x (F / 16) = 64 x 8 = 512 patches, time-major as in Audio-MAE's
 ``patchify`` (``nchpwq -> nhwpqc``), each projected to ``embed_dim`` by a linear layer (the same
-map as Audio-MAE's 16x16 stride-16 convolution, flattened), plus fixed 2-D sin-cos positions.
+map as Audio-MAE's 16x16 stride-16 convolution, flattened), with fixed 2-D sin-cos positions.
+Targets are the raw patches; norm-pix normalizes each by its own mean and ``sqrt(var + 1e-6)``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import Tokens, patch_stats
+from modalmae.tokenizers.base import TokenizerBase, Tokens
 from modalmae.tokenizers.positions import FixedPositions, sincos_grid
 
 
-class SpectrogramPatches(nn.Module):
+class SpectrogramPatches(TokenizerBase):
     def __init__(
         self,
         *,
@@ -62,19 +63,15 @@ class SpectrogramPatches(nn.Module):
         pt, pf = self.patch_size
         return rearrange(spec, "b (h p) (w q) -> b (h w) (p q)", p=pt, q=pf)
 
-    def unpatchify(self, patches: Tensor) -> Tensor:
+    def unpatchify(self, patches: Tensor, coords: Tensor | None = None) -> Tensor:  # noqa: ARG002 - grid patches need no coordinates
         """[B, L, pt * pf] -> [B, T, F]."""
         pt, pf = self.patch_size
         h, w = self.grid
         return rearrange(patches, "b (h w) (p q) -> b (h p) (w q)", h=h, w=w, p=pt, q=pf)
 
-    def target_stats(self, patches: Tensor) -> tuple[Tensor, Tensor]:
-        """MAE's per-patch mean and sqrt(var + 1e-6), for norm-pix targets."""
-        return patch_stats(patches)
-
     def forward(self, spec: Tensor) -> Tokens:
         patches = self.patchify(spec)  # [B, L, P]
-        return Tokens(embeddings=self.proj(patches) + self.positions(), targets=patches)
+        return Tokens(embeddings=self.proj(patches), positions=self.positions(), targets=patches)
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return FixedPositions(sincos_grid(self.grid, dim))

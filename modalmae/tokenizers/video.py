@@ -16,14 +16,14 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import Tokens
+from modalmae.tokenizers.base import TokenizerBase, Tokens
 from modalmae.tokenizers.positions import FixedPositions, sinusoid_table
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class VideoTubes(nn.Module):
+class VideoTubes(TokenizerBase):
     def __init__(
         self,
         *,
@@ -77,7 +77,7 @@ class VideoTubes(nn.Module):
         ts, p = self.tubelet_size, self.patch_size
         return rearrange(pixels, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2 c)", p0=ts, p1=p, p2=p)
 
-    def unpatchify(self, patches: Tensor) -> Tensor:
+    def unpatchify(self, patches: Tensor, coords: Tensor | None = None) -> Tensor:  # noqa: ARG002 - grid patches need no coordinates
         """Pixel-space tubes [B, L, P] -> pixel-space clips [B, C, T, H, W] (values in [0, 1])."""
         t, h, w = self.grid
         ts, p = self.tubelet_size, self.patch_size
@@ -92,8 +92,8 @@ class VideoTubes(nn.Module):
 
     def forward(self, video: Tensor) -> Tokens:
         self._check(video)
-        embeddings = rearrange(self.proj(video), "b d t h w -> b (t h w) d") + self.positions()
-        return Tokens(embeddings=embeddings, targets=self.patchify(video))
+        embeddings = rearrange(self.proj(video), "b d t h w -> b (t h w) d")
+        return Tokens(embeddings=embeddings, positions=self.positions(), targets=self.patchify(video))
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return FixedPositions(sinusoid_table(self.num_tokens, dim))

@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import Tokens, patch_stats
+from modalmae.tokenizers.base import TokenizerBase, Tokens
 from modalmae.tokenizers.positions import sincos_grid
 
 
@@ -40,7 +40,7 @@ class SequencePositions(nn.Module):
         return (self.table[:, None] + self.sequence[None, :, None]).reshape(1, -1, self.table.shape[-1])
 
 
-class VolumePatches(nn.Module):
+class VolumePatches(TokenizerBase):
     def __init__(
         self,
         *,
@@ -54,7 +54,7 @@ class VolumePatches(nn.Module):
         if any(n % patch_size for n in size):
             raise ValueError(f"volume {size} is not divisible into {patch_size}^3 patches")
         self.embed_dim, self.sequences, self.volume_size, self.patch_size = embed_dim, list(sequences), size, patch_size
-        self.grid = None  # tokens of several sequences: no single grid for local attention
+        # self.grid stays None: tokens of several sequences have no single grid for local attention
         self.sequence_grid = tuple(n // patch_size for n in size)
         self.tokens_per_sequence = self.sequence_grid[0] * self.sequence_grid[1] * self.sequence_grid[2]
         self.num_tokens = len(self.sequences) * self.tokens_per_sequence
@@ -68,10 +68,6 @@ class VolumePatches(nn.Module):
     def config(self) -> dict:
         return {"embed_dim": self.embed_dim, "sequences": self.sequences, "volume_size": list(self.volume_size), "patch_size": self.patch_size}
 
-    def sequence_of_token(self) -> Tensor:
-        """[L] the sequence index of every token."""
-        return torch.arange(len(self.sequences)).repeat_interleave(self.tokens_per_sequence)
-
     def patchify(self, x: Tensor | dict) -> Tensor:
         """[B, S, X, Y, Z] -> [B, S * G, p^3]."""
         volume = volume_of(x)
@@ -80,20 +76,17 @@ class VolumePatches(nn.Module):
         p = self.patch_size
         return rearrange(volume, "b s (x p) (y q) (z r) -> b (s x y z) (p q r)", p=p, q=p, r=p)
 
-    def unpatchify(self, patches: Tensor) -> Tensor:
+    def unpatchify(self, patches: Tensor, coords: Tensor | None = None) -> Tensor:  # noqa: ARG002 - grid patches need no coordinates
         """[B, S * G, p^3] -> [B, S, X, Y, Z]."""
         gx, gy, gz = self.sequence_grid
         p = self.patch_size
         return rearrange(patches, "b (s x y z) (p q r) -> b s (x p) (y q) (z r)", x=gx, y=gy, z=gz, p=p, q=p, r=p)
 
-    def target_stats(self, patches: Tensor) -> tuple[Tensor, Tensor]:
-        return patch_stats(patches)
-
     def forward(self, x: Tensor | dict) -> Tokens:
         patches = self.patchify(x)  # [B, L, P]
         per_sequence = patches.split(self.tokens_per_sequence, dim=1)
         embeddings = torch.cat([proj(chunk) for proj, chunk in zip(self.proj, per_sequence)], dim=1)  # [B, L, D]
-        return Tokens(embeddings=embeddings + self.positions(), targets=patches)
+        return Tokens(embeddings=embeddings, positions=self.positions(), targets=patches)
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return SequencePositions(self.sequence_grid, len(self.sequences), dim)

@@ -1,23 +1,18 @@
 """Recipe configuration: a dataclass whose fields become CLI flags.
 
-Each field's ``help`` metadata is its flag's help text; ``--batch-size`` comes from
-``batch_size``. Booleans get ``--flag / --no-flag``. The resolved config is written to
+Fields made with ``arg`` become flags (``modalmae.flags``): ``--batch-size`` comes from
+``batch_size``, with the field's help text. The resolved config is written to
 ``<output>/config.json`` so every run records exactly what it ran with.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from modalmae.flags import add_flags, arg
 
-def arg(default, help: str, **kw):  # noqa: A002 - mirrors argparse's name
-    """A dataclass field carrying its CLI help text (and optional argparse choices)."""
-    if isinstance(default, list):  # a fresh list per instance (dataclasses refuse shared ones)
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+__all__ = ["PretrainConfig", "TrainConfig", "arg", "build_parser", "parse_config"]
 
 
 @dataclass
@@ -64,24 +59,7 @@ def build_parser(cls: type, *, description: str | None = None, epilog: str | Non
     parser = argparse.ArgumentParser(
         description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
-        help_text = meta.pop("help", "")
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        if default is not None and not meta.get("required"):
-            help_text += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-            continue
-        if typing.get_origin(kind) is typing.Union:  # Optional[X]
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        if typing.get_origin(kind) is list:  # list[X]: one or more values
-            meta["nargs"] = "+"
-            (kind,) = typing.get_args(kind)
-        parser.add_argument(flag, type=kind, default=default, help=help_text, **meta)
+    add_flags(parser, cls)
     return parser
 
 

@@ -119,7 +119,7 @@ class Classifier(nn.Module):
         if self.training and self.mask_ratio > 0:
             masks = random_masking(tokens.embeddings.shape[0], tokens.embeddings.shape[1], self.mask_ratio, generator=generator)
             ids_keep = masks.ids_keep.to(tokens.embeddings.device)
-        feats = self.encoder.encode(tokens.embeddings, ids_keep, tokens.positions)  # [B, prefix + Lk, D]
+        feats = self.encoder.encode(tokens, ids_keep)  # [B, prefix + Lk, D]
         return self.head(self.encoder.pool(feats, pool=self.pool))  # [B, classes]
 
 

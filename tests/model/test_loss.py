@@ -1,7 +1,12 @@
 import torch
 
-from modalmae.model.loss import masked_mse
-from modalmae.tokenizers.base import patch_stats
+from modalmae.model.loss import weighted_mean
+from modalmae.tokenizers.base import mse_per_token, patch_stats
+
+
+def masked_mse(pred, target, weight):
+    """MAE's loss as the model computes it: per-token MSE, averaged over the masked tokens."""
+    return weighted_mean(mse_per_token(pred, target), weight)
 
 
 def test_loss_ignores_visible_tokens():

@@ -47,7 +47,7 @@ def test_encoder_sees_only_visible_tokens():
     tampered = patches.clone()
     tampered[masks.mask.bool()] += 5.0  # change only masked patches
     x2 = model.tokenizer.unpatchify(tampered)
-    enc = lambda v: model.encoder.encode(model.tokenizer(v).embeddings, masks.ids_keep)  # noqa: E731
+    enc = lambda v: model.encoder.encode(model.tokenizer(v), masks.ids_keep)  # noqa: E731
     assert torch.allclose(enc(x), enc(x2))
     assert not torch.allclose(model(x, masks).target, model(x2, masks).target)
 
@@ -84,7 +84,7 @@ def test_local_attention_decoder_is_local():
     assert far.any()
     # Change the encoder's view of far tokens by tampering the latent directly.
     tokens = model.tokenizer(x)
-    latent = model.encoder.encode(tokens.embeddings, masks.ids_keep)
+    latent = model.encoder.encode(tokens, masks.ids_keep)
     far_in_keep = far[masks.ids_keep[0]]
     latent2 = latent.clone()
     latent2[0, far_in_keep] += 3.0

@@ -16,7 +16,7 @@ import soundfile as sf
 import webdataset as wds
 
 from conftest import AUDIO, load_script, read_shards
-from modalmae.data.schema import sample_key
+from modalmae.formats.schema import sample_key
 from modalmae.shards import Sample, Skip, audio, prepare_all
 
 cli = load_script("pipelines/build_shards.py")

@@ -11,7 +11,7 @@ import pytest
 import trimesh
 
 from conftest import DATA, load_script, read_shards
-from modalmae.data.schema import sample_key
+from modalmae.formats.schema import sample_key
 
 build = load_script("pipelines/build_shards.py")
 KITTEN = np.loadtxt(DATA / "points" / "kitten.xyz")

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from conftest import AUDIO, DATA, load_script, read_shards
-from modalmae.data.schema import sample_key
+from modalmae.formats.schema import sample_key
 
 build = load_script("pipelines/build_shards.py")
 CLIP = DATA / "video" / "carphone_pristine.mp4"  # 176x144, 120 frames, no audio, moov at the end

@@ -6,7 +6,7 @@ import torch
 
 from modalmae.masking import block_masking
 from modalmae.model import MaskedAutoencoder, mae_tiny
-from modalmae.model.loss import chamfer
+from modalmae.tokenizers.points import chamfer
 from modalmae.tokenizers.points import PointGroups, fps_torch, group_points, knn_torch
 
 
