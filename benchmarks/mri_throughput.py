@@ -15,15 +15,16 @@ Builds shards of --subjects copies of a three-sequence head (the ICBM152 t1 / gm
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from modalmae.data.mri import MRIDecoder, step_times
+from modalmae.data.mri import MRIDecoder, crop_or_pad, decode_sequences, resample, zscore_nonzero
 from modalmae.data.shards import iter_shard, resolve_shards
 from modalmae.data.stream import ShardStream, make_loader
 from modalmae.shards import build_shards, mri
@@ -39,7 +40,7 @@ def make_shards(source: Path, subjects: int, root: Path) -> Path:
         for name in ("t1", "gm", "wm"):
             shutil.copy(source / f"{name}.nii.gz", raw / f"sub{i:03d}" / f"{name}.nii.gz")
     out = root / f"shards-{source.name}"
-    build_shards(modality=mri, input_dir=raw, output_dir=out, max_count=max(1, subjects // 4), workers=2, progress=False)
+    build_shards(builder=mri.BUILDER, input_dir=raw, output_dir=out, max_count=max(1, subjects // 4), workers=2, progress=False)
     return out
 
 
@@ -53,12 +54,32 @@ def loader_rate(shards: Path, workers: int) -> float:
 
 
 def step_breakdown(shards: Path, rounds: int = 3) -> dict[str, float]:
+    """Seconds per subject in each of MRIDecoder's steps, run one by one (the sequences of
+    these subjects share one spacing, so one resampling call covers them, as in the decoder)."""
     decoder = MRIDecoder(sequences=SEQUENCES)
     samples = list(iter_shard(resolve_shards(str(shards)).urls[0]))[:rounds]
     decoder(samples[0], None)  # warm-up: imports, allocator
-    times = step_times(decoder)
-    for i, sample in enumerate(samples):
-        decoder(sample, random.Random(i))
+    times: dict[str, float] = defaultdict(float)
+    for sample in samples:
+        tick = time.perf_counter()
+
+        def lap(step: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            times[step] += now - tick
+            tick = now
+
+        decoded = decode_sequences(sample)
+        lap("decode_reorient")
+        names = [s for s in SEQUENCES if s in decoded]
+        stack = resample(torch.from_numpy(np.stack([decoded[n][0] for n in names])), decoded[names[0]][1], decoder.spacing)
+        lap("resample")
+        stack = crop_or_pad(stack, decoder.crop)
+        lap("crop")
+        stack = zscore_nonzero(stack)
+        lap("normalize")
+        stack.flip([1, 3]).contiguous()
+        lap("flip")
     return {k: v / len(samples) for k, v in times.items()}
 
 

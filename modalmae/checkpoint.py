@@ -1,15 +1,18 @@
 """Save and load trained models as a folder: ``model.safetensors`` + ``config.json``.
 
 ``config.json`` holds everything needed to rebuild the module before the weights go in: the
-tokenizer's class name and keyword arguments, the ``MAEConfig``, and free-form ``extra``
-entries (the audio recipe stores its ``AudioFrontend`` settings there, so features can be
-computed exactly as in training), and ``parts``: ``"mae"`` (encoder + decoder) or ``"encoder"``
-(an encoder alone, e.g. converted from a published classification checkpoint). Loading never
-unpickles anything; ``modalmae.convert`` reads other projects' files.
+modality, the tokenizer's class name and keyword arguments (the class is looked up in
+``modalmae.modalities``, never imported by name), the ``MAEConfig``, and free-form ``extra``
+entries (what the modality's sample decoder needs to process data exactly as in training:
+the audio recipe's ``AudioFrontend`` settings, the video frame stride, ...), and ``parts``:
+``"mae"`` (encoder + decoder) or ``"encoder"`` (an encoder alone, e.g. converted from a
+published classification checkpoint). Loading never unpickles anything.
 
     from modalmae.checkpoint import load_encoder
-    encoder, cfg = load_encoder("runs/audio_mae/model")
+    encoder, cfg = load_encoder("runs/audio_mae/model")   # or a published checkpoint (converted)
     feats = encoder.pooled(fbank)  # [B, D]
+
+Anything unreadable raises ``CheckpointError`` (a ``ValueError``) naming the path and the reason.
 """
 
 from __future__ import annotations
@@ -24,19 +27,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modalmae import __version__
+from modalmae.modalities import MODALITIES, spec_of_tokenizer
 from modalmae.model import Encoder, MAEConfig, MaskedAutoencoder
-from modalmae.tokenizers.points import PointGroups
-from modalmae.tokenizers.spectrogram import SpectrogramPatches
-from modalmae.tokenizers.video import VideoTubes
-from modalmae.tokenizers.volume import VolumePatches
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
-# Tokenizers a checkpoint may name; listed explicitly (nothing registers itself on import).
-TOKENIZERS: dict[str, type[nn.Module]] = {
-    "SpectrogramPatches": SpectrogramPatches, "VideoTubes": VideoTubes, "PointGroups": PointGroups, "VolumePatches": VolumePatches,
-}
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names it and says why."""
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -65,8 +64,10 @@ def save_pretrained(
 def checkpoint_config(model: MaskedAutoencoder | Encoder, *, extra: dict | None = None) -> dict:
     """What ``config.json`` holds for ``model``."""
     tokenizer = model.tokenizer
+    modality = next((spec.name for spec in MODALITIES.values() if isinstance(tokenizer, spec.tokenizer)), None)
     return {
         "modalmae_version": __version__,
+        "modality": modality,
         "tokenizer": {"class": type(tokenizer).__name__, "config": tokenizer.config()},
         "model": model.config.to_dict(),
         "parts": "encoder" if isinstance(model, Encoder) else "mae",
@@ -77,54 +78,65 @@ def checkpoint_config(model: MaskedAutoencoder | Encoder, *, extra: dict | None 
 def is_pretrained_folder(path: str | os.PathLike) -> bool:
     """True for a folder written by ``save_pretrained``."""
     config = Path(path) / CONFIG_NAME
-    return config.is_file() and (Path(path) / WEIGHTS_NAME).is_file() and "modalmae_version" in json.loads(config.read_text())
+    if not (config.is_file() and (Path(path) / WEIGHTS_NAME).is_file()):
+        return False
+    try:
+        return "modalmae_version" in json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
 
 
 def read_config(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a folder written by save_pretrained")
-    return json.loads(path.read_text())
+        raise CheckpointError(f"{directory}: no {CONFIG_NAME}; expected a model folder written by save_pretrained")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
 
 
-def _build(directory, config: dict, cls: type[nn.Module]) -> nn.Module:
-    name = config["tokenizer"]["class"]
-    if name not in TOKENIZERS:
-        raise ValueError(f"{directory}: unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
-    return cls(TOKENIZERS[name](**config["tokenizer"]["config"]), MAEConfig.from_dict(config["model"]))
+def _load(directory, config: dict, cls: type[nn.Module], map_location: str) -> nn.Module:
+    try:
+        tokenizer = spec_of_tokenizer(config["tokenizer"]["class"]).tokenizer(**config["tokenizer"]["config"])
+        module = cls(tokenizer, MAEConfig.from_dict(config["model"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}: {CONFIG_NAME} does not describe a model ({type(e).__name__}: {e})") from e
+    weights = Path(directory) / WEIGHTS_NAME
+    try:
+        module.load_state_dict(load_file(str(weights), device=map_location), strict=True)
+    except (OSError, RuntimeError) as e:  # missing or corrupt file, or weights of another model
+        raise CheckpointError(f"{weights}: {str(e).splitlines()[0]}") from e
+    return module.eval()
 
 
 def load_pretrained(directory: str | os.PathLike, *, map_location: str = "cpu") -> tuple[MaskedAutoencoder, dict]:
     """Rebuild the masked autoencoder saved in ``directory``; returns (model, config dict)."""
     config = read_config(directory)
     if config.get("parts", "mae") != "mae":
-        raise ValueError(f"{directory} holds an encoder without a decoder: load it with load_encoder")
-    model = _build(directory, config, MaskedAutoencoder)
-    model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME), device=map_location), strict=True)
-    return model.eval(), config
+        raise CheckpointError(f"{directory} holds an encoder without a decoder: load it with load_encoder")
+    return _load(directory, config, MaskedAutoencoder, map_location), config
 
 
-def load_encoder(directory: str | os.PathLike, *, map_location: str = "cpu") -> tuple[Encoder, dict]:
-    """The encoder alone (with its tokenizer), for feature extraction or fine-tuning."""
-    config = read_config(directory)
-    if config.get("parts", "mae") == "mae":
-        return load_pretrained(directory, map_location=map_location)[0].encoder, config
-    encoder = _build(directory, config, Encoder)
-    encoder.load_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME), device=map_location), strict=True)
-    return encoder.eval(), config
-
-
-def load_any_encoder(path: str | os.PathLike, *, map_location: str = "cpu", **convert_options) -> tuple[Encoder, dict]:
-    """``load_encoder`` for our folders; any other checkpoint (a transformers VideoMAE folder,
-    an official VideoMAE / Audio-MAE / Point-MAE ``.pth``) is converted in memory first
-    (``modalmae.convert.convert_checkpoint``). Returns (encoder, config dict as ours)."""
+def load_encoder(path: str | os.PathLike, *, map_location: str = "cpu", **convert_options) -> tuple[Encoder, dict]:
+    """The encoder (with its tokenizer) of a model folder, for features or fine-tuning; returns
+    (encoder, config dict). Any other checkpoint (a transformers VideoMAE folder, an official
+    MAE / VideoMAE / Audio-MAE / Point-MAE ``.pth``) is converted in memory first
+    (``modalmae.convert.convert_checkpoint``, which takes ``convert_options``)."""
     if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such model folder or checkpoint file")
+        raise CheckpointError(f"{path}: no such model folder or checkpoint file")
     if is_pretrained_folder(path):
-        return load_encoder(path, map_location=map_location)
+        config = read_config(path)
+        if config.get("parts", "mae") == "mae":
+            return load_pretrained(path, map_location=map_location)[0].encoder, config
+        return _load(path, config, Encoder, map_location), config
     from modalmae.convert import convert_checkpoint
 
-    model, extra = convert_checkpoint(path, **convert_options)
+    try:
+        model, extra = convert_checkpoint(path, **convert_options)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        message = str(e).strip("'\"")  # KeyError quotes its message
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from e
     encoder = model.encoder if isinstance(model, MaskedAutoencoder) else model
     return encoder.to(map_location).eval(), checkpoint_config(model, extra=extra)
 

@@ -21,10 +21,21 @@ from dataclasses import field
 
 def arg(default, help: str, **kw):  # noqa: A002 - mirrors argparse's name
     """A dataclass field carrying its CLI help text (and optional argparse keywords such as
-    ``choices`` or ``metavar``; ``flag=False`` keeps a field off the command line)."""
+    ``choices``, ``metavar`` or ``type``; ``flag=False`` keeps a field off the command line)."""
     if isinstance(default, list):  # a fresh list per instance (dataclasses refuse shared ones)
         return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
 
 
 def flag_fields(cls: type) -> list[dataclasses.Field]:
@@ -56,7 +67,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
         if typing.get_origin(kind) is list:  # list[X]: one or more values
             meta["nargs"] = "+"
             (kind,) = typing.get_args(kind)
-        parser.add_argument(flag, type=kind, default=default, help=help_text, **meta)
+        parser.add_argument(flag, **{"type": kind, **meta}, default=default, help=help_text)  # meta may set its own type
     return added
 
 

@@ -4,6 +4,10 @@ Modality-agnostic up to the last step: the panels are computed in patch space wi
 tokenizer's ``patchify`` / ``unpatchify``, and a per-modality function draws them. As in MAE's
 demo, the reconstruction shows the visible patches as they were and the predicted patches,
 de-normalized with each target patch's own mean and std when the loss used ``norm_pix_loss``.
+
+The ``draw_*`` functions are what ``modalmae.modalities`` names as each modality's picture:
+``draw(model, x, masks, path, *, title) -> path`` for one sample ``x`` (a batch of one) and its
+masks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import Tensor
 
 from modalmae.masking import Masks
 from modalmae.model import MaskedAutoencoder
+from modalmae.model.multisequence import complete_sequences
 
 
 def _pyplot():
@@ -156,3 +161,32 @@ def save_volume_figure(
                 absent = present is not None and not bool(present[index, row])
                 ax.set_ylabel(sequence + (" (absent)" if absent else ""), fontsize=8)
     return _save(plt, fig, path, title)
+
+
+# ----------------------------------------------------------------------------- one call per modality
+
+
+def draw_spectrogram(model: MaskedAutoencoder, x: Tensor, masks: Masks, path: str | Path, *, title: str = "") -> Path:
+    return save_spectrogram_figure(reconstruction_panels(model, x, masks), path, title=title)
+
+
+def draw_video(model: MaskedAutoencoder, x: Tensor, masks: Masks, path: str | Path, *, title: str = "") -> Path:
+    return save_video_figure(reconstruction_panels(model, x, masks), path, title=title)
+
+
+def draw_points(model: MaskedAutoencoder, x: Tensor, masks: Masks, path: str | Path, *, title: str = "") -> Path:
+    return save_points_figure(point_panels(model, x, masks), path, title=title)
+
+
+def draw_volume(model: MaskedAutoencoder, x: dict, masks: Masks, path: str | Path, *, title: str = "") -> Path:
+    """MRI: the sequences the subject has as masked and reconstructed; those it lacks as the
+    model completes them from the others."""
+    panels = reconstruction_panels(model, x, masks)
+    present = x["present"].cpu()
+    absent = ~present
+    if absent.any() and masks.ids_predict is None:  # a completion's masks already target the absent ones
+        was_training = model.training
+        model.eval()
+        panels["reconstruction"][absent] = complete_sequences(model, x["volume"], x["present"], ~x["present"]).cpu()[absent]
+        model.train(was_training)
+    return save_volume_figure(panels, path, sequences=model.tokenizer.sequences, present=present, title=title)

@@ -3,10 +3,12 @@
     python pipelines/extract_features.py --checkpoint runs/demo-audio/model --shards shards/demo-audio --output feats.npz
 
 The checkpoint (a ``save_pretrained`` folder, or a published checkpoint that
-``convert_checkpoint.py`` reads, converted on the fly) decides the modality and the preprocessing: audio
-uses the filterbank it was trained with and each clip's first window; video the centre clip
-of the tokenizer's frame count at the training stride, centre-cropped; point clouds as many
-points as in training, without augmentation. The output ``.npz`` holds ``keys`` [N] (str),
+``convert_checkpoint.py`` reads, converted on the fly) decides the modality and the preprocessing
+(its evaluation decoder in ``modalmae.modalities``): audio uses the filterbank it was trained
+with and each clip's first window; video the centre clip of the tokenizer's frame count at the
+training stride, centre-cropped; point clouds as many points as in training; MRI every
+sequence at the training spacing and crop; images the centre crop; never any augmentation.
+The shards must be of the checkpoint's modality. The output ``.npz`` holds ``keys`` [N] (str),
 ``features`` [N, D] float32 and ``labels`` [N] (str, empty when a sample has none); load it with
 ``numpy.load(path)`` (no pickle needed).
 """
@@ -22,12 +24,12 @@ import torch
 
 from modalmae.data.shards import resolve_shards
 from modalmae.data.stream import ShardStream, make_loader
-from modalmae.train.downstream import extract_features, open_encoder, sample_decoder
+from modalmae.train.downstream import extract_features, open_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a model folder written by save_pretrained (a run's model/, or convert_checkpoint.py's output), or a published checkpoint convert_checkpoint.py reads (transformers VideoMAE folder, VideoMAE / Audio-MAE / Point-MAE .pth)")
+    parser.add_argument("--checkpoint", required=True, help="a model folder written by save_pretrained (a run's model/, or convert_checkpoint.py's output), or a published checkpoint convert_checkpoint.py reads (transformers VideoMAE folder, MAE / VideoMAE / Audio-MAE / Point-MAE .pth)")
     parser.add_argument("--shards", required=True, help="shards to embed: a folder from build_shards.py, its manifest.json, or a brace pattern")
     parser.add_argument("--output", required=True, type=Path, help=".npz file to write (keys, features, labels)")
     parser.add_argument("--pool", choices=("mean", "cls"), default="mean", help="mean over patch tokens, or the CLS token (only for encoders that have one)")
@@ -38,15 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    encoder, config = open_encoder(args.checkpoint, map_location=args.device)
-    if args.pool == "cls" and encoder.cls_token is None:
+    model = open_checkpoint(args.checkpoint, map_location=args.device, sampling_rate=args.sampling_rate)
+    if args.pool == "cls" and model.encoder.cls_token is None:
         parser.error("--pool cls: this encoder has no CLS token")
-    decode, key = sample_decoder(config, train=False, sampling_rate=args.sampling_rate)
-    shards = resolve_shards(args.shards)
-    stream = ShardStream(shards, decode, epochs=1, shuffle_buffer=1, shuffle_shards=False)
+    try:
+        shards = resolve_shards(args.shards, modality=model.spec.name)
+    except (OSError, ValueError) as e:
+        parser.error(f"--shards: {e}")
+    stream = ShardStream(shards, model.eval_decoder, epochs=1, shuffle_buffer=1, shuffle_shards=False)
     loader = make_loader(stream, batch_size=args.batch_size, num_workers=args.workers)
     keys, feats, labels, skipped = extract_features(
-        encoder, loader, input_key=key, pool=args.pool, device=args.device, total=shards.num_samples, progress=not args.quiet,
+        model.encoder, loader, spec=model.spec, pool=args.pool, device=args.device, total=shards.num_samples, progress=not args.quiet,
     )
     if not keys:
         print(f"error: no sample of {args.shards} could be read", file=sys.stderr)

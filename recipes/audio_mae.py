@@ -18,17 +18,14 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 
 from modalmae.data.audio import AudioDecoder
 from modalmae.masking import random_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.fbank import AudioFrontend
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
-from modalmae.train.config import PretrainConfig, arg, parse_config
-from modalmae.train.loop import pretrain, print_outputs
-from modalmae.viz import reconstruction_panels, save_spectrogram_figure
+from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
@@ -45,43 +42,28 @@ class AudioMAEConfig(PretrainConfig):
     local_attention: bool = arg(False, "decoder attends within 4x4-token windows, shifted by 2 in time every other block (Audio-MAE's local decoder)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    head, _, rest = __doc__.partition("\n\n")
-    cfg = parse_config(AudioMAEConfig, argv, description=head, epilog=rest)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)  # the same initial weights on every run and every rank
-
+def build(cfg: AudioMAEConfig) -> Pretraining:
     frontend = AudioFrontend(
         sample_rate=cfg.sample_rate, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins,
         mean=cfg.fbank_mean, std=cfg.fbank_std,
     )
-    decode = AudioDecoder(frontend)
-
     window = dict(decoder_window=(4, 4), decoder_shift=(2, 0)) if cfg.local_attention else {}
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **window)
     tokenizer = SpectrogramPatches(
         embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins, patch_size=cfg.patch_size
     )
-    model = MaskedAutoencoder(tokenizer, model_cfg)
 
     def masking(x: torch.Tensor, generator: torch.Generator):
         return random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
 
-    result = pretrain(
-        cfg, accelerator=accelerator, model=model, decode=decode, masking=masking,
-        input_key="fbank", save_extra={"frontend": frontend.config()},
+    return Pretraining(
+        model=MaskedAutoencoder(tokenizer, model_cfg), decode=AudioDecoder(frontend), masking=masking,
+        extra={"frontend": frontend.config()},
     )
 
-    if accelerator.is_main_process:
-        x = result.last_batch["fbank"][:1].to(accelerator.device)
-        masks = masking(x, torch.Generator().manual_seed(cfg.seed)).to(accelerator.device)
-        panels = reconstruction_panels(result.model, x, masks)
-        picture = save_spectrogram_figure(
-            panels, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}"
-        )
-        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
-    return 0
 
+def main(argv: list[str] | None = None) -> int:
+    return run_pretraining("audio", AudioMAEConfig, build, argv, doc=__doc__)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,11 +30,12 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from modalmae.checkpoint import load_encoder, save_pretrained
-from modalmae.data.shards import resolve_shards
 from modalmae.data.stream import ShardStream, make_loader
+from modalmae.modalities import model_input
 from modalmae.train.config import TrainConfig, arg, parse_config
-from modalmae.train.downstream import Classifier, SplitFilter, layer_decay_groups, open_encoder, sample_decoder
+from modalmae.train.downstream import Classifier, SplitFilter, layer_decay_groups, open_checkpoint
 from modalmae.train.loop import train
+from modalmae.train.recipe import open_shards
 
 
 @dataclass
@@ -65,7 +66,7 @@ def scan_classes(sources, workers: int) -> list[str]:
     return sorted({label for batch in loader for label in batch["label"] if label})
 
 
-def evaluate(model, sources, decode, input_key, index, accelerator, cfg) -> dict:
+def evaluate(model, sources, decode, spec, index, accelerator, cfg) -> dict:
     """Accuracy on this process's part of the held-out samples, summed over processes."""
     stream = ShardStream(
         sources, decode, rank=accelerator.process_index, world_size=accelerator.num_processes, epochs=1, shuffle_buffer=1, shuffle_shards=False,
@@ -75,7 +76,7 @@ def evaluate(model, sources, decode, input_key, index, accelerator, cfg) -> dict
     with torch.inference_mode():
         for batch in make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers):
             y = torch.tensor([index.get(label, -1) for label in batch["label"]], device=accelerator.device)
-            pred = model(batch[input_key].to(accelerator.device)).argmax(1)
+            pred = model(model_input(spec, batch, accelerator.device)).argmax(1)
             counts[: len(index)] += torch.bincount(y[y >= 0], minlength=len(index)).to(counts)
             counts[-2] += (pred == y).sum()
             counts[-1] += len(y)
@@ -100,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
 
-    encoder, config = open_encoder(cfg.checkpoint)
-    sources = [resolve_shards(spec) for spec in cfg.shards]
+    checkpoint = open_checkpoint(cfg.checkpoint, sampling_rate=cfg.sampling_rate)
+    spec = checkpoint.spec
+    sources = open_shards(cfg.shards, spec.name)
     if cfg.val_shards:
-        held_out = [resolve_shards(spec) for spec in cfg.val_shards]
+        held_out = open_shards(cfg.val_shards, spec.name, flag="--val-shards")
         keep = lambda decode, split: decode  # noqa: E731 - separate shard sets, nothing to filter
     else:
         held_out = sources
@@ -113,26 +115,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: fine-tuning needs at least 2 classes; the shards' json labels give {classes}", file=sys.stderr)
         return 1
     index = {c: i for i, c in enumerate(classes)}
-    train_decode, input_key = sample_decoder(config, train=True, sampling_rate=cfg.sampling_rate)
-    eval_decode = keep(sample_decoder(config, train=False, sampling_rate=cfg.sampling_rate)[0], "val")
-    model = Classifier(encoder, len(classes), pool=cfg.pool, mask_ratio=cfg.mask_ratio).train()
+    eval_decode = keep(checkpoint.eval_decoder, "val")
+    model = Classifier(checkpoint.encoder, len(classes), pool=cfg.pool, mask_ratio=cfg.mask_ratio).train()
 
     def loss_fn(model, batch: dict, generator: torch.Generator) -> torch.Tensor:
         y = torch.tensor([index.get(label, -100) for label in batch["label"]], device=accelerator.device)
-        logits = model(batch[input_key].to(accelerator.device), generator)
+        logits = model(model_input(spec, batch, accelerator.device), generator)
         if not (y >= 0).any():  # only unlabelled samples: no loss, but still join the gradient sync
             return logits.sum() * 0
         return torch.nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
 
     def save(unwrapped: Classifier, state: dict, output: Path) -> None:
         encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-        save_pretrained(unwrapped.encoder, output / "model", extra={**config.get("extra", {}), "classes": classes, "pool": cfg.pool}, state=encoder_state)
+        extra = {**checkpoint.config.get("extra", {}), "classes": classes, "pool": cfg.pool}
+        save_pretrained(unwrapped.encoder, output / "model", extra=extra, state=encoder_state)
         save_file({k[len("head."):]: v.detach().cpu().contiguous() for k, v in state.items() if k.startswith("head.")}, str(output / "head.safetensors"))
 
     result = train(
-        cfg, accelerator=accelerator, model=model, decode=keep(train_decode, "train"), loss_fn=loss_fn, save=save, shards=sources,
+        cfg, accelerator=accelerator, model=model, decode=keep(checkpoint.train_decoder, "train"), loss_fn=loss_fn, save=save, shards=sources,
         groups=layer_decay_groups(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay), betas=(0.9, 0.999),
-        evaluate=lambda model, step: evaluate(model, held_out, eval_decode, input_key, index, accelerator, cfg),
+        evaluate=lambda model, step: evaluate(model, held_out, eval_decode, spec, index, accelerator, cfg),
     )
     if accelerator.is_main_process:
         evals = [r for r in map(json.loads, (result.output / "metrics.jsonl").read_text().splitlines()) if "val_accuracy" in r]

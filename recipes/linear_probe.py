@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modalmae.data.shards import resolve_shards
 from modalmae.data.stream import ShardStream, make_loader
 from modalmae.train.config import arg, parse_config
-from modalmae.train.downstream import extract_features, open_encoder, sample_decoder, split_of
+from modalmae.train.downstream import extract_features, open_checkpoint, split_of
+from modalmae.train.recipe import open_shards
 
 
 @dataclass
@@ -87,13 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
-    encoder, config = open_encoder(cfg.checkpoint, map_location=cfg.device)
-    decode, input_key = sample_decoder(config, train=False, sampling_rate=cfg.sampling_rate)
-    sources = [resolve_shards(spec) for spec in cfg.shards]
-    stream = ShardStream(sources, decode, epochs=1, shuffle_buffer=1, shuffle_shards=False)
+    model = open_checkpoint(cfg.checkpoint, map_location=cfg.device, sampling_rate=cfg.sampling_rate)
+    sources = open_shards(cfg.shards, model.spec.name)
+    stream = ShardStream(sources, model.eval_decoder, epochs=1, shuffle_buffer=1, shuffle_shards=False)
     loader = make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers)
     keys, feats, labels, skipped = extract_features(
-        encoder, loader, input_key=input_key, pool=cfg.pool, device=cfg.device,
+        model.encoder, loader, spec=model.spec, pool=cfg.pool, device=cfg.device,
         total=sum(s.num_samples or 0 for s in sources) or None, progress=cfg.progress,
     )
     splits = [split_of(k, val_fraction=cfg.val_fraction, seed=cfg.seed) for k in keys]

@@ -24,18 +24,13 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 
-from modalmae.checkpoint import save_pretrained
 from modalmae.data.mri import MRIDecoder
 from modalmae.masking import Masks, dirichlet_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
-from modalmae.model.multisequence import complete_sequences, sequence_balanced_loss
 from modalmae.tokenizers.volume import VolumePatches
-from modalmae.train.config import PretrainConfig, arg, parse_config
-from modalmae.train.loop import model_inputs, print_outputs, train
-from modalmae.viz import reconstruction_panels, save_volume_figure
+from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
@@ -53,16 +48,10 @@ class MRIMAEConfig(PretrainConfig):
     norm_pix_loss: bool = arg(False, "normalize each target patch by its own mean and std (BM-MAE: off; intensities are z-scored per sequence)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    head, _, rest = __doc__.partition("\n\n")
-    cfg = parse_config(MRIMAEConfig, argv, description=head, epilog=rest)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)  # the same initial weights on every run and every rank
-
+def build(cfg: MRIMAEConfig) -> Pretraining:
     decode = MRIDecoder(sequences=cfg.sequences, spacing=cfg.spacing, crop=cfg.crop, flip=cfg.flip, four_d=cfg.four_d)
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)
     tokenizer = VolumePatches(embed_dim=model_cfg.encoder_dim, sequences=cfg.sequences, volume_size=cfg.crop, patch_size=cfg.patch_size)
-    model = MaskedAutoencoder(tokenizer, model_cfg)
     per_sequence = tokenizer.tokens_per_sequence
     num_visible = cfg.num_visible or max(1, round((1 - cfg.mask_ratio) * per_sequence))
     if not 0 < num_visible < per_sequence:
@@ -71,31 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     def masking(x: dict, generator: torch.Generator) -> Masks:
         return dirichlet_masking(x["present"].cpu(), per_sequence, num_visible, alpha=cfg.dirichlet_alpha, generator=generator)
 
-    def loss_fn(model, batch: dict, generator: torch.Generator):
-        x = model_inputs(batch, ("volume", "present"), accelerator.device)
-        loss, stats = sequence_balanced_loss(model(x, masking(x, generator).to(accelerator.device)), len(cfg.sequences))
-        return loss, {f"loss_{name}": stats[i] for i, name in enumerate(cfg.sequences)}
-
-    extra = {"mri": {"sequences": cfg.sequences, "spacing": cfg.spacing, "crop": cfg.crop, "four_d": cfg.four_d}}
-    result = train(
-        cfg, accelerator=accelerator, model=model, decode=decode, loss_fn=loss_fn,
-        save=lambda unwrapped, state, output: save_pretrained(unwrapped, output / "model", extra=extra, state=state),
+    return Pretraining(
+        model=MaskedAutoencoder(tokenizer, model_cfg), decode=decode, masking=masking,
+        extra={"mri": {"sequences": cfg.sequences, "spacing": cfg.spacing, "crop": cfg.crop, "four_d": cfg.four_d}},
     )
 
-    if accelerator.is_main_process:
-        x = {k: result.last_batch[k][:1].to(accelerator.device) for k in ("volume", "present")}
-        panels = reconstruction_panels(result.model, x, masking(x, torch.Generator().manual_seed(cfg.seed)).to(accelerator.device))
-        absent = ~x["present"]
-        if absent.any():  # what the model makes of the sequences this subject lacks
-            result.model.eval()
-            panels["reconstruction"][absent.cpu()] = complete_sequences(result.model, x["volume"], x["present"], absent).cpu()[absent.cpu()]
-        picture = save_volume_figure(
-            panels, result.output / "reconstruction.png", sequences=cfg.sequences, present=x["present"].cpu(),
-            title=f"{result.last_batch['__key__'][0]} at step {result.step}",
-        )
-        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
-    return 0
 
+def main(argv: list[str] | None = None) -> int:
+    return run_pretraining("mri", MRIMAEConfig, build, argv, doc=__doc__)
 
 if __name__ == "__main__":
     sys.exit(main())

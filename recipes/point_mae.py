@@ -20,16 +20,13 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 
 from modalmae.data.points import PointDecoder
 from modalmae.masking import Masks, block_masking, random_masking
 from modalmae.model import POINTMAE_DECODERS, PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.points import PointGroups
-from modalmae.train.config import PretrainConfig, arg, parse_config
-from modalmae.train.loop import pretrain, print_outputs
-from modalmae.viz import point_panels, save_points_figure
+from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
@@ -49,44 +46,29 @@ class PointMAEConfig(PretrainConfig):
     fast_grouping: bool = arg(True, "group with fpsample + scipy cKDTree in the loader when installed (same groups as the torch code)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    head, _, rest = __doc__.partition("\n\n")
-    cfg = parse_config(PointMAEConfig, argv, description=head, epilog=rest)
+def build(cfg: PointMAEConfig) -> Pretraining:
     if cfg.norm_pix_loss:
         raise SystemExit("error: --norm-pix-loss does not apply to point groups (the loss is a Chamfer distance)")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)  # the same initial weights on every run and every rank
-
     decode = PointDecoder(
         num_points=cfg.num_points, num_groups=cfg.num_groups, group_size=cfg.group_size, sampling=cfg.sampling,
         augment=cfg.augment, fast=None if cfg.fast_grouping else False,
     )
-
     model_cfg = PRESETS[cfg.model](norm_pix_loss=False, **POINTMAE_DECODERS.get(cfg.model, {}))
     tokenizer = PointGroups(embed_dim=model_cfg.encoder_dim, num_groups=cfg.num_groups, group_size=cfg.group_size, loss=cfg.loss)
-    model = MaskedAutoencoder(tokenizer, model_cfg)
 
     def masking(x: torch.Tensor, generator: torch.Generator) -> Masks:
         if cfg.masking == "block":
             return block_masking(x[:, :, 0], cfg.mask_ratio, generator=generator)  # x: packed groups, centre first
         return random_masking(x.shape[0], cfg.num_groups, cfg.mask_ratio, generator=generator)
 
-    result = pretrain(
-        cfg, accelerator=accelerator, model=model, decode=decode, masking=masking,
-        input_key="points",
-        save_extra={"points": {"num_points": cfg.num_points, "sampling": cfg.sampling}},
+    return Pretraining(
+        model=MaskedAutoencoder(tokenizer, model_cfg), decode=decode, masking=masking,
+        extra={"points": {"num_points": cfg.num_points, "sampling": cfg.sampling}},
     )
 
-    if accelerator.is_main_process:
-        x = result.last_batch["points"][:1].to(accelerator.device)
-        masks = masking(x, torch.Generator().manual_seed(cfg.seed)).to(accelerator.device)
-        picture = save_points_figure(
-            point_panels(result.model, x, masks), result.output / "reconstruction.png",
-            title=f"{result.last_batch['__key__'][0]} at step {result.step}",
-        )
-        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
-    return 0
 
+def main(argv: list[str] | None = None) -> int:
+    return run_pretraining("points", PointMAEConfig, build, argv, doc=__doc__)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,19 +17,16 @@ ranks/rank*.json, reconstruction.png.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 
 from modalmae.data.video import BACKENDS, VideoDecoder
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
-from modalmae.train.config import PretrainConfig, arg, parse_config
-from modalmae.train.loop import pretrain, print_outputs
-from modalmae.viz import reconstruction_panels, save_video_figure
+from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
@@ -48,24 +45,17 @@ class VideoMAEConfig(PretrainConfig):
     video_backend: str = arg("pyav", "decoder: pyav (bundled FFmpeg), decord or torchcodec (if installed)", choices=tuple(BACKENDS))
 
 
-def main(argv: list[str] | None = None) -> int:
-    head, _, rest = __doc__.partition("\n\n")
-    cfg = parse_config(VideoMAEConfig, argv, description=head, epilog=rest)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)  # the same initial weights on every run and every rank
-
+def build(cfg: VideoMAEConfig) -> Pretraining:
     decode = VideoDecoder(
         num_frames=cfg.num_frames, stride=cfg.sampling_rate, crop_size=cfg.input_size,
         clips_per_video=cfg.repeated_aug, flip=cfg.flip, backend=cfg.video_backend,
     )
-
     # VideoMAE's decoder (4 blocks, narrower than MAE's) for the standard sizes.
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **VIDEOMAE_DECODERS.get(cfg.model, {}))
     tokenizer = VideoTubes(
         embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, image_size=cfg.input_size,
         tubelet_size=cfg.tubelet_size, patch_size=cfg.patch_size,
     )
-    model = MaskedAutoencoder(tokenizer, model_cfg)
     grid = tokenizer.grid
 
     def masking(x: torch.Tensor, generator: torch.Generator) -> Masks:
@@ -77,23 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             masks = masks.with_decoder_masking(running_cell_predict(masks, grid, cfg.decoder_mask_ratio, generator=generator))
         return masks
 
-    result = pretrain(
-        cfg, accelerator=accelerator, model=model, decode=decode, masking=masking,
-        input_key="video", items_per_sample=cfg.repeated_aug,
-        save_extra={"video": {"sampling_rate": cfg.sampling_rate}},
+    return Pretraining(
+        model=MaskedAutoencoder(tokenizer, model_cfg), decode=decode, masking=masking,
+        extra={"video": {"sampling_rate": cfg.sampling_rate}}, items_per_sample=cfg.repeated_aug,
     )
 
-    if accelerator.is_main_process:
-        x = result.last_batch["video"][:1].to(accelerator.device)
-        # Draw every masked tube, also those a decoder-masked step would skip.
-        masks = replace(masking(x, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
-        picture = save_video_figure(
-            reconstruction_panels(result.model, x, masks), result.output / "reconstruction.png",
-            title=f"{result.last_batch['__key__'][0]} at step {result.step}",
-        )
-        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
-    return 0
 
+def main(argv: list[str] | None = None) -> int:
+    return run_pretraining("video", VideoMAEConfig, build, argv, doc=__doc__)
 
 if __name__ == "__main__":
     sys.exit(main())

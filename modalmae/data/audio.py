@@ -54,6 +54,15 @@ class AudioDecoder:
         self.random_crop = random_crop
         self.seconds = frontend.num_samples() / frontend.sample_rate
 
+    @classmethod
+    def from_checkpoint(cls, config: dict, *, train: bool) -> AudioDecoder:
+        """The decoder a model folder's config.json implies: the filterbank it was trained with
+        (``extra.frontend``), a random window in training, the first one otherwise."""
+        frontend = config.get("extra", {}).get("frontend")
+        if frontend is None:
+            raise ValueError("this audio checkpoint does not record its filterbank settings (extra.frontend)")
+        return cls(AudioFrontend(**frontend), random_crop=train)
+
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         wave, sr = read_window(sample[audio_field(sample)], seconds=self.seconds, rng=rng if self.random_crop else None)
         meta = json.loads(sample["json"]) if "json" in sample else {}

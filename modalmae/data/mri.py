@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -102,13 +100,17 @@ class MRIDecoder:
             raise ValueError(f"four_d must be 'split' or 'channels', got {four_d!r}")
         self.sequences, self.spacing, self.crop = list(sequences), tuple(float(v) for v in _triple(spacing)), _triple(crop)
         self.flip, self.four_d = flip, four_d
-        self.timings: dict[str, float] | None = None  # set to a dict to accumulate seconds per step
 
-    def _tick(self, step: str, since: float) -> float:
-        now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[step] = self.timings.get(step, 0.0) + now - since
-        return now
+    @classmethod
+    def from_checkpoint(cls, config: dict, *, train: bool) -> MRIDecoder:
+        """The decoder a model folder's config.json implies: the tokenizer's sequences and
+        volume size, the spacing and 4-D handling it was trained with (``extra.mri``; 1 mm and
+        split if unrecorded), random flips in training only."""
+        tok, mri = config["tokenizer"]["config"], config.get("extra", {}).get("mri", {})
+        return cls(
+            sequences=tok["sequences"], spacing=mri.get("spacing", 1.0), crop=tuple(tok["volume_size"]), flip=train,
+            four_d=mri.get("four_d", "split"),
+        )
 
     def _channels(self, decoded: dict, rng: random.Random | None) -> list[dict[str, np.ndarray]]:
         """One {sequence: 3-D array} per item, from 3-D and 4-D entries."""
@@ -129,7 +131,6 @@ class MRIDecoder:
         """Sequences on grids covering the same box (``build_shards`` checks it), each at its own
         spacing -> one [S, *crop] volume. Resampled sizes may differ by a voxel of rounding:
         the common part is kept."""
-        tick = time.perf_counter()
         names = [s for s in self.sequences if s in arrays]
         groups: dict[tuple, list[str]] = {}
         for name in names:  # sequences at the same spacing are resampled together
@@ -141,11 +142,8 @@ class MRIDecoder:
             resampled = {name: volume for spacing, members in groups.items() for name, volume in zip(members, stacks[spacing])}
             common = [min(resampled[n].shape[axis] for n in names) for axis in range(3)]
             stack = torch.stack([resampled[n][: common[0], : common[1], : common[2]] for n in names])
-        tick = self._tick("resample", tick)
         stack = crop_or_pad(stack, self.crop)
-        tick = self._tick("crop", tick)
         stack = zscore_nonzero(stack)
-        tick = self._tick("normalize", tick)
         if self.flip and rng is not None:
             axes = [1 + a for a in range(3) if rng.random() < 0.5]
             stack = stack.flip(axes) if axes else stack
@@ -153,13 +151,10 @@ class MRIDecoder:
         present = torch.zeros(len(self.sequences), dtype=torch.bool)
         for row, name in zip(stack, names):
             volume[self.sequences.index(name)], present[self.sequences.index(name)] = row, True
-        self._tick("flip", tick)
         return {"volume": volume, "present": present}
 
     def __call__(self, sample: dict, rng: random.Random | None) -> list[dict]:
-        tick = time.perf_counter()
         decoded = decode_sequences(sample)
-        tick = self._tick("decode_reorient", tick)
         meta = json.loads(sample["json"]) if "json" in sample else {}
         if not decoded:
             raise ValueError("no NIfTI entry in this sample")
@@ -174,9 +169,3 @@ class MRIDecoder:
     def _spacings(decoded: dict, arrays: dict) -> dict[str, tuple[float, float, float]]:
         """Voxel spacing of every array (channels of a 4-D sequence share its spacing)."""
         return {name: decoded[name if name in decoded else name.rsplit("_", 1)[0]][1] for name in arrays}
-
-
-def step_times(decoder: MRIDecoder) -> dict[str, float]:
-    """A fresh per-step timing dict attached to ``decoder`` (for benchmarks)."""
-    decoder.timings = defaultdict(float)
-    return decoder.timings

@@ -79,6 +79,17 @@ class PointDecoder:
         self.sampling, self.augment = sampling, augment
         self.fast = fast_paths_available() if fast is None else fast
 
+    @classmethod
+    def from_checkpoint(cls, config: dict, *, train: bool) -> PointDecoder:
+        """The decoder a model folder's config.json implies: the tokenizer's groups, the points
+        per cloud and their sampling it was trained with (``extra.points``; 1024 random points
+        if unrecorded), Point-MAE's augmentation in training only."""
+        tok, points = config["tokenizer"]["config"], config.get("extra", {}).get("points", {})
+        return cls(
+            num_points=points.get("num_points", 1024), num_groups=tok["num_groups"], group_size=tok["group_size"],
+            sampling=points.get("sampling", "random"), augment=train,
+        )
+
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         points = load_cloud(sample["npy"])
         np_rng = np.random.default_rng(rng.getrandbits(64))

@@ -46,7 +46,7 @@ from modalmae.data.shards import Piece, ShardSet, exact_pieces, resampled_pieces
 
 log = logging.getLogger(__name__)
 
-Decoder = Callable[[dict, random.Random], "dict | list[dict]"]
+SampleDecoder = Callable[[dict, random.Random], "dict | list[dict]"]  # raw sample -> item(s)
 
 
 class _Missing:
@@ -64,7 +64,7 @@ class ShardStream(IterableDataset):
     def __init__(
         self,
         shards: ShardSet | Sequence[ShardSet],
-        decode: Decoder | Sequence[Decoder],
+        decode: SampleDecoder | Sequence[SampleDecoder],
         *,
         weights: Sequence[float] | None = None,
         rank: int = 0,
@@ -108,11 +108,6 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.shuffle_shards, self.epochs = shuffle_buffer, shuffle_shards, epochs
         self.resampled, self.pad_to, self.items_per_sample = resampled, pad_to, items_per_sample
         self.start = start or {}
-
-    @property
-    def shards(self) -> ShardSet:
-        """The first (usually only) source."""
-        return self.sources[0]
 
     def max_workers(self) -> int:
         """Workers each rank can use: every slot must get at least one sample (or shard)."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modalmae.tokenizers.video import IMAGENET_MEAN, IMAGENET_STD
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
 
 VIDEO_FORMATS = ("mp4", "webm", "mkv", "avi", "mov", "mpg")
 SCALES = (1.0, 0.875, 0.75, 0.66)
@@ -130,16 +130,6 @@ BACKENDS: dict[str, Callable[[bytes, list[int]], np.ndarray]] = {
 }
 
 
-def decode_all_pyav(data: bytes) -> np.ndarray:
-    """Every frame, in order: the naive route the benchmark compares against."""
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-
-
 # ----------------------------------------------------------------------------- augmentation
 
 
@@ -191,6 +181,15 @@ class VideoDecoder:
             raise ValueError(f"unknown video backend {backend!r}; choose from {', '.join(BACKENDS)}")
         self.num_frames, self.stride, self.crop_size = num_frames, stride, crop_size
         self.clips_per_video, self.flip, self.backend, self.train = clips_per_video, flip, backend, train
+
+    @classmethod
+    def from_checkpoint(cls, config: dict, *, train: bool, sampling_rate: int | None = None) -> VideoDecoder:
+        """The decoder a model folder's config.json implies: the tokenizer's clip size, the
+        frame stride it was trained with (``extra.video.sampling_rate``, 4 if unrecorded; or
+        ``sampling_rate``), VideoMAE's augmentation in training, the centre clip otherwise."""
+        tok = config["tokenizer"]["config"]
+        stride = sampling_rate or config.get("extra", {}).get("video", {}).get("sampling_rate", 4)
+        return cls(num_frames=tok["num_frames"], stride=stride, crop_size=tok["image_size"][0], train=train, flip=train)
 
     def __call__(self, sample: dict, rng: random.Random) -> list[dict]:
         data = sample[video_field(sample)]

@@ -36,6 +36,13 @@ def sequence_balanced_loss(out: MAEOutput, num_sequences: int) -> tuple[Tensor, 
     return loss, stats.detach()
 
 
+def sequence_losses(out: MAEOutput, tokenizer) -> tuple[Tensor, dict[str, Tensor]]:
+    """The training loss of a multi-sequence model (``sequence_balanced_loss``) and each
+    sequence's [sum, count] of masked-token MSE, named ``loss_<sequence>`` for the metrics."""
+    loss, stats = sequence_balanced_loss(out, len(tokenizer.sequences))
+    return loss, {f"loss_{name}": stats[i] for i, name in enumerate(tokenizer.sequences)}
+
+
 @torch.no_grad()
 def complete_sequences(model: MaskedAutoencoder, volume: Tensor, present: Tensor, targets: Tensor) -> Tensor:
     """Reconstruct the ``targets`` sequences [B, S] (bool) of ``volume`` [B, S, X, Y, Z] from the

@@ -1,21 +1,23 @@
 """The shard builder behind ``pipelines/build_shards.py``: raw files -> WebDataset tar shards.
 
     from modalmae.shards import audio, build_shards
-    manifest = build_shards(modality=audio, input_dir="raw/speech", output_dir="shards/speech",
+    manifest = build_shards(builder=audio.BUILDER, input_dir="raw/speech", output_dir="shards/speech",
                             options=audio.Options(transcode=True))
 
-``build`` is modality-generic; ``audio``, ``video``, ``points`` and ``mri`` are the modalities so far; ``writer`` writes the tars.
-What the shards hold is documented in ``modalmae.formats.schema``.
+``build`` is modality-generic and ``writer`` writes the tars; each modality's stage module
+(``audio``, ``video``, ``points``, ``mri``, ``image``) defines its ``BUILDER``, and
+``modalmae.modalities`` lists them. What the shards hold is documented in
+``modalmae.formats.schema``.
 """
 
 from modalmae.shards import audio, mri, points, video
 from modalmae.shards.build import (
-    Modality, NoInputError, build_shards, default_workers, find_files, prepare_all, read_labels,
+    NoInputError, OutputInUseError, ShardBuilder, build_shards, default_workers, find_files, prepare_all, read_labels,
 )
 from modalmae.shards.types import Sample, Skip
 from modalmae.shards.writer import ShardWriter, remove_stale
 
 __all__ = [
-    "Modality", "NoInputError", "Sample", "ShardWriter", "Skip", "audio", "build_shards",
+    "NoInputError", "OutputInUseError", "Sample", "ShardBuilder", "ShardWriter", "Skip", "audio", "build_shards",
     "default_workers", "find_files", "mri", "prepare_all", "points", "read_labels", "remove_stale", "video",
 ]

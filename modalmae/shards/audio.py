@@ -27,6 +27,8 @@ import av
 import numpy as np
 import soundfile as sf
 
+from modalmae.flags import arg, positive_int
+from modalmae.shards.build import ShardBuilder
 from modalmae.shards.types import Sample, Skip
 
 NAME = "audio"
@@ -47,8 +49,11 @@ UNKNOWN_LENGTH = 1 << 62  # libsndfile's "frames" for streams that do not state 
 
 @dataclass(frozen=True)
 class Options:
-    transcode: bool = False  # store mono 16-bit FLAC at sample_rate instead of the original
-    sample_rate: int = 16000  # Audio-MAE's rate; only used with transcode
+    """wav, flac, ogg, opus and mp3 are stored as they are, the audio track of other containers
+    (mp4, mkv, webm, m4a, ...) as FLAC."""
+
+    transcode: bool = arg(False, "store every sample as mono 16-bit FLAC at --sample-rate instead of the original bytes (smaller shards, no resampling while training)")
+    sample_rate: int = arg(16000, "sample rate of audio --transcode and of video --extract-audio (Audio-MAE: 16000)", type=positive_int, metavar="HZ")
 
 
 class Unusable(ValueError):
@@ -213,3 +218,6 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         "frames": int(frames), "duration": round(frames / rate, 6),
     }
     return Sample(files=files, meta=meta)
+
+
+BUILDER = ShardBuilder(name=NAME, extensions=EXTENSIONS, options=Options, prepare=prepare)

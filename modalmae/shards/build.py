@@ -8,11 +8,12 @@ a worker raises, not even a crash of the worker process, stops the run. The mani
 deleted when a build starts and written last, atomically: a folder with a manifest is a
 complete build. The format is documented in ``modalmae.formats.schema``.
 
-A modality is any object (in practice a module such as ``modalmae.shards.audio``) with
-``NAME``, ``EXTENSIONS`` (lower-case suffixes with the dot), an ``Options`` dataclass and
-``prepare(path, relpath, options) -> Sample | Skip``. A modality whose samples group several
-files (MRI: one subject, several sequences) also has ``find_jobs(root, options) -> (jobs,
-ignored)``, jobs being ``(source, relpath)`` pairs its ``prepare`` takes in place of
+A modality's part is a ``ShardBuilder`` (each stage module, such as ``modalmae.shards.audio``,
+defines its ``BUILDER``): the file suffixes it tries, an ``Options`` dataclass (its
+``build_shards.py`` flags, see ``modalmae.flags``) and ``prepare(path, relpath, options) ->
+Sample | Skip``, which decides by decoding, not by the name. A modality whose samples group
+several files (MRI: one subject, several sequences) also has ``find_jobs(root, options) ->
+(jobs, ignored)``, jobs being ``(source, relpath)`` pairs its ``prepare`` takes in place of
 ``(path, relpath)``. This file knows nothing else about it.
 """
 
@@ -24,12 +25,13 @@ import json
 import logging
 import multiprocessing
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -40,25 +42,40 @@ from modalmae.shards.writer import ShardWriter, remove_stale
 
 log = logging.getLogger(__name__)
 
-Job = tuple[Path, str]  # (absolute path, relative POSIX path)
+Job = tuple[Any, str]  # (absolute path, or what a grouping find_jobs makes of several; relative POSIX path)
 
 
-class Modality(Protocol):
-    NAME: str
-    EXTENSIONS: frozenset[str]
-    Options: type
+@dataclass(frozen=True)
+class ShardBuilder:
+    """What the builder needs of a modality."""
 
-    def prepare(self, path: Path, relpath: str, options: Any) -> Sample | Skip: ...
+    name: str
+    extensions: frozenset[str]  # lower-case suffixes with the dot: the files it tries
+    options: type  # a dataclass of its options; ``modalmae.flags.arg`` fields become flags
+    prepare: Callable[[Any, str, Any], Sample | Skip]  # (source, relpath, options), in a worker process
+    # (root, options) -> (jobs, ignored files by suffix), when samples group several files
+    find_jobs: Callable[[Path, Any], tuple[list[Job], Counter]] | None = None
+    # (options, root) -> None, raising ValueError / OSError on options that cannot work, before any decoding
+    check: Callable[[Any, Path], None] | None = None
 
 
 class NoInputError(FileNotFoundError):
     """The input folder holds no file the modality would even try."""
 
 
-def find_files(root: Path, extensions: frozenset[str]) -> tuple[list[str], int]:
-    """Relative POSIX paths of candidate files under ``root``, sorted, and how many other files
-    were ignored. Hidden files and folders are left out silently (``.git``, ``.DS_Store``)."""
-    found, ignored = [], 0
+class OutputInUseError(FileExistsError):
+    """The output folder holds a finished build of another modality."""
+
+
+def suffix_of(name: str) -> str:
+    """The lower-case suffix a file is counted under when ignored ("(none)" without one)."""
+    return Path(name).suffix.lower() or "(none)"
+
+
+def find_files(root: Path, extensions: frozenset[str]) -> tuple[list[str], Counter]:
+    """Relative POSIX paths of candidate files under ``root``, sorted, and the other files
+    counted by suffix. Hidden files and folders are left out silently (``.git``, ``.DS_Store``)."""
+    found, ignored = [], Counter()
     for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # do not even descend
         rel = PurePosixPath(Path(folder).relative_to(root).as_posix())
@@ -68,7 +85,7 @@ def find_files(root: Path, extensions: frozenset[str]) -> tuple[list[str], int]:
             if Path(name).suffix.lower() in extensions:
                 found.append((rel / name).as_posix())
             else:
-                ignored += 1
+                ignored[suffix_of(name)] += 1
     return sorted(found), ignored
 
 
@@ -153,9 +170,25 @@ def _options_record(options: Any) -> dict:
     return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(vars(options))
 
 
+def check_output(output: Path, name: str) -> None:
+    """Refuse to build ``name`` shards where a finished build of another modality lies."""
+    manifest = output / MANIFEST_NAME
+    if not manifest.is_file():
+        return
+    try:
+        found = json.loads(manifest.read_text()).get("modality")
+    except (OSError, ValueError, AttributeError):
+        return  # not ours to judge: it is replaced like any earlier build
+    if found is not None and found != name:
+        raise OutputInUseError(
+            f"{output} holds {found} shards ({manifest}); refusing to replace them with {name} shards: "
+            f"choose another --output, or delete that folder first"
+        )
+
+
 def build_shards(
     *,
-    modality: Modality,
+    builder: ShardBuilder,
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     options: Any = None,
@@ -168,29 +201,32 @@ def build_shards(
 ) -> dict:
     """Build shards of ``input_dir`` into ``output_dir``; returns the manifest (also written).
 
-    ``options``: the modality's ``Options`` (default: its defaults). ``labels``: a ``path,label``
+    ``options``: the builder's ``options`` (default: its defaults). ``labels``: a ``path,label``
     CSV file or a {relative path: label} mapping. ``workers``: processes preparing files
     (default: the CPUs this process may use; 1 = in this process). Raises ``NoInputError``
-    before touching ``output_dir`` when the folder holds no candidate file at all.
+    before touching ``output_dir`` when the folder holds no candidate file at all, and
+    ``OutputInUseError`` when ``output_dir`` holds shards of another modality.
     """
     root, output = Path(input_dir), Path(output_dir)
     if not root.is_dir():
         raise NotADirectoryError(f"input {root}: not a directory")
     if labels is not None and label_from_parent:
         raise ValueError("give labels or label_from_parent, not both")
-    options = modality.Options() if options is None else options
+    options = builder.options() if options is None else options
     table = dict(labels) if isinstance(labels, Mapping) else read_labels(labels) if labels is not None else None
 
-    if hasattr(modality, "find_jobs"):
-        found, ignored = modality.find_jobs(root, options)
+    if builder.find_jobs is not None:
+        found, ignored = builder.find_jobs(root, options)
     else:
-        names, ignored = find_files(root, modality.EXTENSIONS)
+        names, ignored = find_files(root, builder.extensions)
         found = [(root / rel, rel) for rel in names]
     relpaths = [rel for _, rel in found]
     if not relpaths:
+        others = ", ".join(f"{n} {ext}" for ext, n in ignored.most_common(5)) or "none"
         raise NoInputError(
-            f"no {modality.NAME} file under {root} (looked for {' '.join(sorted(modality.EXTENSIONS))}; {ignored} other file(s) ignored)"
+            f"no {builder.name} file under {root} (looked for {' '.join(sorted(builder.extensions))}; other files: {others})"
         )
+    check_output(output, builder.name)
     skipped: list[dict] = []
     warnings: list[dict] = []
     jobs = []
@@ -208,8 +244,8 @@ def build_shards(
     unlabeled = written = 0
     folder_name = root.resolve().name  # the "parent folder" of files at the top level
     with ShardWriter(output, max_count=max_count, max_size=max_size) as writer:
-        results = prepare_all(modality.prepare, jobs, options, workers=workers)
-        bar = tqdm(results, total=len(jobs), desc=f"{modality.NAME} shards", unit="file", disable=not progress)
+        results = prepare_all(builder.prepare, jobs, options, workers=workers)
+        bar = tqdm(results, total=len(jobs), desc=f"{builder.name} shards", unit="file", disable=not progress)
         for result in bar:
             if isinstance(result, Skip):
                 skipped.append(dataclasses.asdict(result))
@@ -233,17 +269,18 @@ def build_shards(
     if unlabeled:
         log.warning("%d file(s) not in the labels CSV were stored without a label", unlabeled)
     if table is not None and (unused := len(set(table) - set(relpaths))):
-        log.warning("%d row(s) of the labels CSV name no %s file under %s", unused, modality.NAME, root)
+        log.warning("%d row(s) of the labels CSV name no %s file under %s", unused, builder.name, root)
 
     manifest = {
         "format_version": FORMAT_VERSION,
-        "modality": modality.NAME,
+        "modality": builder.name,
         "num_samples": sum(s["num_samples"] for s in shards),
         "total_bytes": sum(s["bytes"] for s in shards),
         "shards": shards,
         "skipped": sorted(skipped, key=lambda s: s["path"]),
         "warnings": warnings,  # samples kept with a caveat (e.g. a video that decodes part-way)
-        "ignored_files": ignored,  # files with other extensions: counted, not listed
+        "ignored_files": sum(ignored.values()),  # files the builder does not try: counted, not listed
+        "ignored_by_suffix": dict(sorted(ignored.items())),
         "removed_stale": stale,
         # What decides the shards' content; workers and progress do not, so they are left out.
         "options": {

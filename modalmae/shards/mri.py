@@ -31,12 +31,15 @@ import csv
 import gzip
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from modalmae.flags import arg
 from modalmae.formats.nifti import load_nifti
+from modalmae.shards.build import ShardBuilder, suffix_of
 from modalmae.shards.types import Sample, Skip
 
 NAME = "mri"
@@ -45,9 +48,12 @@ EXTENSIONS = frozenset({".nii", ".nii.gz"})  # for messages: find_jobs groups th
 
 @dataclass
 class Options:
-    subjects_csv: str | None = None  # subject,sequence,path rows instead of the folder layout
-    default_sequence: str = "t1"  # sequence name of a lone top-level file
-    grid_tolerance: float = 1e-3  # mm: largest affine difference between a subject's sequences
+    """One sample per subject: <subject>/<subject>_<sequence>.nii.gz, <subject>/<sequence>.nii.gz,
+    <subject>/<sequence>/*.dcm, or --subjects-csv."""
+
+    subjects_csv: str | None = arg(None, "CSV with columns subject,sequence,path (path relative to --input) instead of the folder layout", metavar="CSV")
+    default_sequence: str = arg("t1", "sequence name of a lone .nii file at the top of --input", metavar="NAME")
+    grid_tolerance: float = arg(1e-3, "mm: largest affine difference between a subject's sequences", flag=False)
 
 
 @dataclass
@@ -96,12 +102,18 @@ def read_subjects_csv(path: str | os.PathLike, root: Path) -> dict[str, Subject]
     return subjects
 
 
-def find_jobs(root: Path, options: Options) -> tuple[list[tuple[Subject, str]], int]:
-    """(subject, subject relpath) jobs in sorted order, and how many other files were ignored."""
+def check(options: Options, root: Path) -> None:
+    """Read --subjects-csv once before any decoding, so a bad table fails at once."""
+    if options.subjects_csv:
+        read_subjects_csv(options.subjects_csv, root)
+
+
+def find_jobs(root: Path, options: Options) -> tuple[list[tuple[Subject, str]], Counter]:
+    """(subject, subject relpath) jobs in sorted order, and the other files counted by suffix."""
     if options.subjects_csv:
         subjects = read_subjects_csv(options.subjects_csv, root)
-        return [(subjects[s], s) for s in sorted(subjects)], 0
-    subjects, ignored = {}, 0
+        return [(subjects[s], s) for s in sorted(subjects)], Counter()
+    subjects, ignored = {}, Counter()
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(folder).relative_to(root).as_posix()
@@ -110,13 +122,13 @@ def find_jobs(root: Path, options: Options) -> tuple[list[tuple[Subject, str]], 
             subject = series.parent.as_posix() if series.parent.name else series.name
             entry = subjects.setdefault(subject, Subject())
             entry.files[series.name], entry.relpaths[series.name] = Path(folder), rel
-            ignored += sum(1 for n in names if not n.lower().endswith(".dcm") and not n.startswith("."))
+            ignored.update(suffix_of(n) for n in names if not n.lower().endswith(".dcm") and not n.startswith("."))
             continue
         for name in sorted(names):
             if name.startswith("."):
                 continue
             if nifti_stem(name) is None:
-                ignored += 1
+                ignored[suffix_of(name)] += 1
                 continue
             relpath = name if rel == "." else f"{rel}/{name}"
             subject, sequence = split_name(relpath, options.default_sequence)
@@ -236,3 +248,6 @@ def prepare(subject: Subject, relpath: str, options: Options) -> Sample | Skip:
             return Skip(relpath, f"{first} and {sequence} cannot be brought to one grid: {reason} (register them first)")
     meta = {"source": relpath, "subject": PurePosixPath(relpath).name, "sequences": records, "present": sorted(records)}
     return Sample(files=files, meta=meta, warning="; ".join(f"left out {p}" for p in problems) or None)
+
+
+BUILDER = ShardBuilder(name=NAME, extensions=EXTENSIONS, options=Options, prepare=prepare, find_jobs=find_jobs, check=check)

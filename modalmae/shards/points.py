@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modalmae.flags import arg, positive_int
+from modalmae.shards.build import ShardBuilder
 from modalmae.shards.types import Sample, Skip
 
 NAME = "points"
@@ -32,8 +34,10 @@ COLOURS = ("red", "green", "blue", "alpha")
 
 @dataclass(frozen=True)
 class Options:
-    mesh_points: int = 8192  # points sampled from each mesh's surface
-    min_points: int = 32  # fewer than this cannot form one Point-MAE group
+    """Scans are stored as float32 arrays, meshes sampled on their surface."""
+
+    mesh_points: int = arg(8192, "meshes (.off .obj .stl, .ply with faces) become N points sampled on their surface, by area", type=positive_int, metavar="N")
+    min_points: int = arg(32, "skip clouds with fewer points (32: one Point-MAE group)", type=positive_int, metavar="N")
 
 
 class Unusable(ValueError):
@@ -203,3 +207,6 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
     if faces is not None:
         meta["mesh_faces"] = faces
     return Sample(files={"npy": buf.getvalue()}, meta=meta)
+
+
+BUILDER = ShardBuilder(name=NAME, extensions=EXTENSIONS, options=Options, prepare=prepare)

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import av
 
+from modalmae.flags import arg, positive_int
 from modalmae.shards.audio import FlacSink, Unusable, av_blocks, mono_resampled
+from modalmae.shards.build import ShardBuilder
 from modalmae.shards.types import Sample, Skip
 
 NAME = "video"
@@ -37,12 +39,14 @@ EXTENSIONS = frozenset(FORMATS)
 
 @dataclass(frozen=True)
 class Options:
-    partial: str = "keep"  # keep | skip: files that decode only part-way
-    short_side: int | None = None  # transcode: scale so the short side has this many pixels
-    keyframe_interval: int | None = None  # transcode: a keyframe every N frames
-    crf: int = 23  # transcode: x264 constant rate factor (lower = better, bigger)
-    extract_audio: bool = False  # add the audio track as 16 kHz mono FLAC
-    audio_sample_rate: int = 16000
+    """Every file is decoded in full once; the original bytes are stored unless re-encoded."""
+
+    partial: str = arg("keep", "files that decode only part-way: keep them up to the last good frame (the json says so) or skip them; reported in the manifest either way", choices=("keep", "skip"))
+    short_side: int | None = arg(None, "re-encode as H.264 with the short side scaled to this (VideoMAE uses 320 for Kinetics); default: store the original bytes", type=positive_int, metavar="PIXELS")
+    keyframe_interval: int | None = arg(None, "re-encode as H.264 with a keyframe every N frames, so clip decoding seeks close to its first frame", type=positive_int, metavar="FRAMES")
+    crf: int = arg(23, "x264 quality when re-encoding, lower is better and bigger")
+    extract_audio: bool = arg(False, "also store each video's first audio track as a mono FLAC entry of the same sample, at --sample-rate (for audio-visual training later)")
+    sample_rate: int = arg(16000, "sample rate of audio --transcode and of video --extract-audio (Audio-MAE: 16000)", type=positive_int, metavar="HZ")
 
     @property
     def transcode(self) -> bool:
@@ -153,8 +157,11 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         meta.update(partial=True, partial_reason=why)
     files = {fmt: stored}
     if options.extract_audio and info["has_audio"]:
-        audio = extract_audio(data, options.audio_sample_rate)
+        audio = extract_audio(data, options.sample_rate)
         if audio is not None:
             files["flac"] = audio
-            meta["audio"] = {"format": "flac", "sample_rate": options.audio_sample_rate, "channels": 1}
+            meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1}
     return Sample(files=files, meta=meta, warning=f"partial: {why}, kept" if partial else None)
+
+
+BUILDER = ShardBuilder(name=NAME, extensions=EXTENSIONS, options=Options, prepare=prepare)

@@ -18,6 +18,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+# The per-channel mean and std RGB inputs are normalized with (ImageNet's), as MAE and VideoMAE do.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass
 class Tokens:

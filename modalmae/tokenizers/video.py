@@ -16,11 +16,8 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import TokenizerBase, Tokens
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, TokenizerBase, Tokens
 from modalmae.tokenizers.positions import FixedPositions, sinusoid_table
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VideoTubes(TokenizerBase):

@@ -1,7 +1,8 @@
 """What linear probing, fine-tuning and feature extraction share.
 
-- ``sample_decoder``: a checkpoint's preprocessing (the settings its recipe saved under ``extra``),
-  for evaluation (centre crops, no augmentation) or training (the recipe's augmentation).
+- ``open_checkpoint``: a checkpoint's encoder, its modality and that modality's preprocessing
+  (the settings its recipe saved under ``extra``), for evaluation (centre crops, no
+  augmentation) or training (the recipe's augmentation); errors end a command line in one line.
 - ``split_of`` / ``SplitFilter``: a held-out split decided by each sample key's hash, so train
   and validation never share a sample, on any number of processes and workers, without a list.
 - ``extract_features``: pooled embeddings of every sample of a loader.
@@ -14,57 +15,44 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from modalmae.checkpoint import load_any_encoder
+from modalmae.checkpoint import CheckpointError, load_encoder
+from modalmae.data.stream import SampleDecoder
 from modalmae.masking import random_masking
+from modalmae.modalities import ModalitySpec, decoder_for, model_input
 from modalmae.model import Encoder
 
 
-def open_encoder(path: str, **kwargs) -> tuple[Encoder, dict]:
-    """``load_any_encoder`` for command lines: an unreadable checkpoint ends the program with
-    one line naming it and the reason, not a traceback."""
+@dataclass
+class Checkpoint:
+    """An encoder and what it takes to feed it: its modality and sample decoders."""
+
+    encoder: Encoder
+    config: dict  # the model folder's config.json (converted checkpoints: as ours)
+    spec: ModalitySpec
+    train_decoder: SampleDecoder  # the recipe's augmentation
+    eval_decoder: SampleDecoder  # centre crops, first windows, no augmentation
+
+
+def open_checkpoint(path: str, *, map_location: str = "cpu", **decoder_options) -> Checkpoint:
+    """``load_encoder`` for command lines, with the modality's decoders (``decoder_options``:
+    command-line overrides such as a video's ``sampling_rate``; None when not given). An
+    unreadable checkpoint or an option that does not apply ends the program with one line
+    naming it and the reason, not a traceback."""
     try:
-        return load_any_encoder(path, **kwargs)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        message = str(e).strip("'\"")  # KeyError quotes its message
+        encoder, config = load_encoder(path, map_location=map_location)
+        spec, train_decoder = decoder_for(config, train=True, **decoder_options)
+        _, eval_decoder = decoder_for(config, train=False, **decoder_options)
+    except (CheckpointError, ValueError) as e:
+        message = str(e)
         raise SystemExit(f"error: {message if str(path) in message else f'{path}: {message}'}") from None
-
-
-def sample_decoder(config: dict, *, train: bool, sampling_rate: int | None = None):
-    """(decoder, batch key) for a checkpoint's modality. ``config``: a model folder's config.json."""
-    kind, tok, extra = config["tokenizer"]["class"], config["tokenizer"]["config"], config.get("extra", {})
-    if kind == "SpectrogramPatches":
-        from modalmae.data.audio import AudioDecoder
-        from modalmae.tokenizers.fbank import AudioFrontend
-
-        if "frontend" not in extra:
-            raise ValueError("this audio checkpoint does not record its filterbank settings (extra.frontend)")
-        return AudioDecoder(AudioFrontend(**extra["frontend"]), random_crop=train), "fbank"
-    if kind == "VideoTubes":
-        from modalmae.data.video import VideoDecoder
-
-        stride = sampling_rate or extra.get("video", {}).get("sampling_rate", 4)
-        return VideoDecoder(num_frames=tok["num_frames"], stride=stride, crop_size=tok["image_size"][0], train=train, flip=train), "video"
-    if kind == "PointGroups":
-        from modalmae.data.points import PointDecoder
-
-        num_points = extra.get("points", {}).get("num_points", 1024)
-        return PointDecoder(num_points=num_points, num_groups=tok["num_groups"], group_size=tok["group_size"], augment=train), "points"
-    if kind == "VolumePatches":
-        from modalmae.data.mri import MRIDecoder
-
-        mri = extra.get("mri", {})
-        decoder = MRIDecoder(
-            sequences=tok["sequences"], spacing=mri.get("spacing", 1.0), crop=tuple(tok["volume_size"]), flip=train,
-            four_d=mri.get("four_d", "split"),
-        )
-        return decoder, "volume"
-    raise ValueError(f"no preprocessing known for tokenizer {kind}")
+    return Checkpoint(encoder, config, spec, train_decoder, eval_decoder)
 
 
 def split_of(key: str, *, val_fraction: float, seed: int = 0) -> str:
@@ -87,14 +75,14 @@ class SplitFilter:
 
 
 def extract_features(
-    encoder: Encoder, loader, *, input_key: str, pool: str = "mean", device: str | torch.device = "cpu", total: int | None = None,
+    encoder: Encoder, loader, *, spec: ModalitySpec, pool: str = "mean", device: str | torch.device = "cpu", total: int | None = None,
     progress: bool = True,
 ) -> tuple[list[str], np.ndarray, list[str], int]:
     """(keys, features [N, D] float32, labels ("" when none), unreadable samples) of every sample."""
     keys, feats, labels, skipped = [], [], [], 0
     with torch.inference_mode(), tqdm(total=total, desc="features", unit="sample", disable=not progress) as bar:
         for batch in loader:
-            feats.append(encoder.pooled(batch[input_key].to(device), pool=pool).float().cpu().numpy())
+            feats.append(encoder.pooled(model_input(spec, batch, device), pool=pool).float().cpu().numpy())
             keys += batch["__key__"]
             labels += [label or "" for label in batch["label"]]
             skipped += batch["num_skipped"]
@@ -113,7 +101,7 @@ class Classifier(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor | dict, generator: torch.Generator | None = None) -> Tensor:
         tokens = self.encoder.tokenizer(x)
         ids_keep = None
         if self.training and self.mask_ratio > 0:

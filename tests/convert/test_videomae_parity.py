@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from modalmae.checkpoint import load_any_encoder, load_encoder, load_pretrained, save_pretrained
+from modalmae.checkpoint import load_encoder, load_pretrained, save_pretrained
 from modalmae.convert import convert_checkpoint
 from modalmae.convert.videomae import videomae_from_official, videomae_from_transformers
 from modalmae.masking import masks_from_order, tube_masking
@@ -178,7 +178,7 @@ def test_official_finetuned_layout_is_an_encoder_with_fc_norm():
 def test_converted_folder_round_trip(tmp_path):
     ref = tiny_reference(transformers.VideoMAEModel, use_mean_pooling=False)
     ref.save_pretrained(tmp_path / "hf")  # what a user downloads: config.json + model.safetensors
-    encoder, config = load_any_encoder(tmp_path / "hf")
+    encoder, config = load_encoder(tmp_path / "hf")
     assert config["parts"] == "encoder" and config["extra"]["video"]["sampling_rate"] == 4
     save_pretrained(encoder, tmp_path / "ours", extra=config["extra"])
     again, _ = load_encoder(tmp_path / "ours")

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shutil
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -17,6 +18,7 @@ import webdataset as wds
 
 from conftest import AUDIO, load_script, read_shards
 from modalmae.formats.schema import sample_key
+from modalmae.modalities import MODALITIES
 from modalmae.shards import Sample, Skip, audio, prepare_all
 
 cli = load_script("pipelines/build_shards.py")
@@ -181,7 +183,8 @@ def test_interrupted_build_leaves_complete_shards_and_rerun_recovers(raw, tmp_pa
             raise KeyboardInterrupt
         return real(path, relpath, options)
 
-    monkeypatch.setattr(audio, "prepare", interrupted)
+    spec = MODALITIES["audio"]
+    monkeypatch.setitem(MODALITIES, "audio", replace(spec, builder=replace(spec.builder, prepare=interrupted)))
     assert run(raw, out, "--max-count", "2") == 130
     assert "interrupted" in capsys.readouterr().err
     # this run's first shard is complete under its final name; its second, half-written one was
@@ -189,7 +192,7 @@ def test_interrupted_build_leaves_complete_shards_and_rerun_recovers(raw, tmp_pa
     assert not (out / "manifest.json").exists() and not (out / "shard-000001.tar.tmp").exists()
     assert (out / "shard-000000.tar").read_bytes() == (clean / "shard-000000.tar").read_bytes()
 
-    monkeypatch.setattr(audio, "prepare", real)
+    monkeypatch.setitem(MODALITIES, "audio", spec)
     assert run(raw, out, "--max-count", "2") == 0
     assert hashes(out) == hashes(clean)  # the earlier build's extra shards and the .tmp are gone
     stale = [name for name in earlier if name not in hashes(clean)] + ["shard-000009.tar.tmp"]

@@ -47,7 +47,7 @@ def raw(tmp_path):
 
 
 def test_subjects_sequences_and_reasons(raw, tmp_path):
-    manifest = build_shards(modality=mri, input_dir=raw, output_dir=tmp_path / "out", workers=2, progress=False)
+    manifest = build_shards(builder=mri.BUILDER, input_dir=raw, output_dir=tmp_path / "out", workers=2, progress=False)
     assert manifest["num_samples"] == 3 and manifest["ignored_files"] == 1
     (skip,) = manifest["skipped"]
     assert skip["path"] == "mixed" and "cannot be brought to one grid: they cover different boxes" in skip["reason"]
@@ -131,7 +131,7 @@ def test_dicom_series_become_sequences(tmp_path):
         extra.rename(raw / "patient2" / "t1" / f"x{extra.name}")  # two series in one folder
     (raw / "patient2" / "t1_extra").rmdir()
     shutil.copy(ICBM / "gm.nii.gz", raw / "patient2" / "gm.nii.gz")
-    manifest = build_shards(modality=mri, input_dir=raw, output_dir=tmp_path / "out", workers=1, progress=False)
+    manifest = build_shards(builder=mri.BUILDER, input_dir=raw, output_dir=tmp_path / "out", workers=1, progress=False)
     assert manifest["num_samples"] == 2 and not manifest["skipped"]
     (warning,) = manifest["warnings"]
     assert warning["path"] == "patient2" and "2 series in one folder" in warning["warning"]
@@ -148,7 +148,7 @@ def test_two_files_for_one_sequence(tmp_path):
     raw.mkdir(parents=True)
     shutil.copy(ICBM / "t1.nii.gz", raw / "sub_t1.nii.gz")
     shutil.copy(DATA / "mri" / "anatomical.nii", raw / "t1.nii")  # also "sequence t1 of subject sub"
-    manifest = build_shards(modality=mri, input_dir=raw.parent, output_dir=tmp_path / "out", workers=1, progress=False)
+    manifest = build_shards(builder=mri.BUILDER, input_dir=raw.parent, output_dir=tmp_path / "out", workers=1, progress=False)
     (warning,) = manifest["warnings"]
     assert "sub/t1.nii: sub/sub_t1.nii.gz already gives sequence 't1'" in warning["warning"]
     assert manifest["num_samples"] == 1

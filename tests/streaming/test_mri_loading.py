@@ -95,7 +95,7 @@ def test_sequences_at_different_resolutions_share_one_grid(tmp_path):
     raw.mkdir(parents=True)
     nib.save(t1, raw / "t1.nii.gz")
     nib.save(coarser(wm, 2), raw / "wm.nii.gz")  # 6 mm, 33 x 39 x 32
-    manifest = build_shards(modality=mri, input_dir=raw.parent, output_dir=tmp_path / "out", workers=1, progress=False)
+    manifest = build_shards(builder=mri.BUILDER, input_dir=raw.parent, output_dir=tmp_path / "out", workers=1, progress=False)
     assert manifest["num_samples"] == 1 and not manifest["skipped"]
     (item,) = MRIDecoder(sequences=["t1", "wm"], spacing=3.0, crop=64, flip=False)(sample_of(t1=t1, wm=coarser(wm, 2)), None)
     assert item["volume"].shape == (2, 64, 64, 64) and item["present"].all()

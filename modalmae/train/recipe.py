@@ -1,0 +1,78 @@
+"""The shell every pretraining recipe shares, so that a recipe file holds its modality's choices only.
+
+    @dataclass
+    class ImageMAEConfig(PretrainConfig):
+        image_size: int = arg(224, "...")
+
+    def build(cfg: ImageMAEConfig) -> Pretraining:
+        ...  # the tokenizer, the model, the sample decoder, the masking
+
+    def main(argv=None) -> int:
+        return run_pretraining("image", ImageMAEConfig, build, argv, doc=__doc__)
+
+``run_pretraining`` parses the flags (the recipe's docstring is the ``--help`` text), starts
+Accelerate, seeds every process alike, builds, trains with ``modalmae.train.loop.pretrain`` (the
+shards must be of the recipe's modality), draws the modality's picture of the last batch and
+prints where everything went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from modalmae.data.shards import ShardSet, resolve_shards
+from modalmae.data.stream import SampleDecoder
+from modalmae.masking import Masks
+from modalmae.modalities import MODALITIES, model_input
+from modalmae.model import MaskedAutoencoder
+from modalmae.train.config import parse_config
+from modalmae.train.loop import pretrain, print_outputs
+
+
+@dataclass
+class Pretraining:
+    """What a recipe decides for its modality."""
+
+    model: MaskedAutoencoder
+    decode: SampleDecoder
+    masking: Callable[[torch.Tensor | dict, torch.Generator], Masks]  # (batch input, generator) -> Masks
+    extra: dict = field(default_factory=dict)  # saved with the model: what the spec's decoder needs to rebuild the data pipeline
+    items_per_sample: int = 1  # items the decoder makes of one sample (repeated augmentation)
+
+
+def open_shards(specs: list[str], modality: str, *, flag: str = "--shards") -> list[ShardSet]:
+    """``resolve_shards`` of each, for command lines: shards that cannot be found or hold
+    another modality end the program with one line saying so."""
+    try:
+        return [resolve_shards(spec, modality=modality) for spec in specs]
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {flag}: {e}") from None
+
+
+def run_pretraining(modality: str, config_cls: type, build: Callable[[Any], Pretraining], argv: list[str] | None, *, doc: str) -> int:
+    spec = MODALITIES[modality]
+    head, _, rest = doc.partition("\n\n")
+    cfg = parse_config(config_cls, argv, description=head, epilog=rest)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    shards = open_shards(cfg.shards, modality)
+    set_seed(cfg.seed)  # the same initial weights on every run and every rank
+    job = build(cfg)
+    result = pretrain(
+        cfg, accelerator=accelerator, spec=spec, model=job.model, decode=job.decode, masking=job.masking,
+        items_per_sample=job.items_per_sample, save_extra=job.extra, shards=shards,
+    )
+    if accelerator.is_main_process:
+        x = model_input(spec, result.last_batch, accelerator.device, rows=slice(0, 1))
+        # Draw every masked token, also those a decoder-masked step would skip.
+        masks = replace(job.masking(x, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
+        picture = spec.picture(
+            result.model, x, masks, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}",
+        )
+        print_outputs(result, shards=" ".join(cfg.shards), picture=picture)
+    return 0
