@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modalmae.formats.schema import VIDEO_FORMATS
 from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
 
-VIDEO_FORMATS = ("mp4", "webm", "mkv", "avi", "mov", "mpg")
 SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
@@ -53,11 +53,19 @@ def clip_indices(num_video_frames: int, *, num_frames: int, stride: int, rng: ra
 # ----------------------------------------------------------------------------- decoding
 
 
+def _frame_rate(stream) -> float:
+    """Frames per second from the header (Ogg states no average rate: FFmpeg's guess then)."""
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise ValueError("the video stream states no frame rate")
+    return float(rate)
+
+
 def _frame_count(stream) -> int:
     if stream.frames:
         return int(stream.frames)
-    if stream.duration and stream.average_rate:
-        return int(stream.duration * stream.time_base * stream.average_rate)
+    if stream.duration:
+        return int(stream.duration * stream.time_base * _frame_rate(stream))
     raise ValueError("the video stream has no frame count or duration")
 
 
@@ -67,25 +75,23 @@ def probe_pyav(data: bytes) -> tuple[int, float]:
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
-        return _frame_count(stream), float(stream.average_rate)
+        return _frame_count(stream), _frame_rate(stream)
 
 
-def decode_pyav(data: bytes, indices: list[int]) -> np.ndarray:
-    """uint8 [N, H, W, 3] frames at ``indices`` (any order, repeats allowed), decoding only from
-    the keyframe before the first wanted frame up to the last one."""
+def _collect(data: bytes, wanted: list[int], *, seek: bool) -> tuple[dict[int, np.ndarray], tuple | None]:
+    """Frames at the sorted indices ``wanted`` (those the stream has), and the last frame decoded
+    as (index, frame); from the keyframe before the first wanted one (``seek``) or the start."""
     import av
 
-    wanted = sorted(set(indices))
     frames: dict[int, np.ndarray] = {}
+    last = None
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        fps, base = float(stream.average_rate), stream.time_base
+        fps, base = _frame_rate(stream), stream.time_base
         start = stream.start_time or 0
-        first_pts = start + int(round(wanted[0] / fps / base))
-        if wanted[0] > 0:
-            container.seek(first_pts, stream=stream, backward=True, any_frame=False)
-        last = None
+        if seek:
+            container.seek(start + int(round(wanted[0] / fps / base)), stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
@@ -95,6 +101,17 @@ def decode_pyav(data: bytes, indices: list[int]) -> np.ndarray:
                 frames[index] = frame.to_ndarray(format="rgb24")
             if index >= wanted[-1]:
                 break
+    return frames, last
+
+
+def decode_pyav(data: bytes, indices: list[int]) -> np.ndarray:
+    """uint8 [N, H, W, 3] frames at ``indices`` (any order, repeats allowed), decoding only from
+    the keyframe before the first wanted frame up to the last one. Where a container's seek
+    overshoots (or finds nothing, as in MPEG-TS without an index), it decodes from the start."""
+    wanted = sorted(set(indices))
+    frames, last = _collect(data, wanted, seek=wanted[0] > 0)
+    if wanted[0] > 0 and (last is None or min(frames, default=last[0]) > wanted[0]):
+        frames, last = _collect(data, wanted, seek=False)
     if last is None:
         raise ValueError("no frame decoded")
     if last[0] < wanted[-1] and last[0] not in frames:

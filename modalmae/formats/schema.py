@@ -16,8 +16,9 @@ Audio sample (modality ``"audio"``)::
 
 Video sample (modality ``"video"``)::
 
-    <key>.<fmt>   the video bytes; <fmt> is one of data.video.VIDEO_FORMATS (mp4, webm, mkv,
-                  avi, mov, mpg). The original file, or an H.264 MP4 when re-encoded.
+    <key>.<fmt>   the video bytes; <fmt> is one of VIDEO_FORMATS, named by the container the
+                  file holds (mp4, mov, 3gp, mkv, webm, avi, mpg, ts, ogv, flv, wmv, mxf, nut),
+                  not by its file name. The original file, or an H.264 MP4 when re-encoded.
     <key>.flac    (only with ``--extract-audio`` and an audio track) 16 kHz mono FLAC
     <key>.json    {"source", "format", "frames": frames that decode, "fps", "width", "height",
                    "duration", "codec", "source_codec", "has_audio", "transcoded",
@@ -104,6 +105,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-{index:06d}.tar"
 AUDIO_FORMATS = ("flac", "wav", "ogg", "mp3", "opus")
+# Video entries by container (shards.video.entry_name decides from what FFmpeg finds in a file).
+VIDEO_FORMATS = ("mp4", "mov", "3gp", "mkv", "webm", "avi", "mpg", "ts", "ogv", "flv", "wmv", "mxf", "nut")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 

@@ -35,10 +35,11 @@ NAME = "audio"
 # The one list of what counts as audio input: files libsndfile should read (kept as they are)
 # and containers FFmpeg reads (their first audio track stored as FLAC).
 SNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
-CONTAINER_EXTENSIONS = frozenset(
-    {".mp4", ".m4a", ".m4b", ".m4v", ".mov", ".mkv", ".mka", ".webm", ".avi", ".aac", ".ac3", ".wma",
-     ".3gp", ".mpg", ".mpeg", ".ts", ".aif", ".aiff"}
-)
+CONTAINER_EXTENSIONS = frozenset({
+    ".mp4", ".m4a", ".m4b", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".mkv", ".mka", ".webm", ".avi", ".mpg", ".mpeg",
+    ".vob", ".ts", ".mts", ".m2ts", ".ogv", ".flv", ".wmv", ".asf", ".wma", ".mxf", ".nut",
+    ".aac", ".ac3", ".eac3", ".mp2", ".amr", ".aif", ".aiff", ".aifc", ".caf", ".au", ".w64", ".wv", ".ape", ".dts",
+})
 EXTENSIONS = SNDFILE_EXTENSIONS | CONTAINER_EXTENSIONS
 
 BLOCK_FRAMES = 1 << 16

@@ -29,12 +29,15 @@ from modalmae.shards.build import ShardBuilder
 from modalmae.shards.types import Sample, Skip
 
 NAME = "video"
-# Extension -> the entry name the original bytes are stored under (data.video.VIDEO_FORMATS).
-FORMATS = {
-    ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm",
-    ".avi": "avi", ".mpg": "mpg", ".mpeg": "mpg",
-}
-EXTENSIONS = frozenset(FORMATS)
+# The names users give the containers FFmpeg reads (what a file holds is decided by probing it).
+EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m1v", ".m2v",
+    ".vob", ".ts", ".mts", ".m2ts", ".ogv", ".ogg", ".flv", ".wmv", ".asf", ".mxf", ".nut", ".divx",
+})
+# FFmpeg's demuxer name -> the entry the original bytes are stored under (formats.schema.VIDEO_FORMATS).
+# The ISO family and Matroska keep the suffix's name where it says more (mov, 3gp, webm).
+CONTAINERS = {"avi": "avi", "mpeg": "mpg", "mpegvideo": "mpg", "mpegts": "ts", "ogg": "ogv", "flv": "flv", "asf": "wmv", "mxf": "mxf", "nut": "nut"}
+ISO_SUFFIXES = {".mov": "mov", ".qt": "mov", ".3gp": "3gp", ".3g2": "3gp"}
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,29 @@ def _message(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
+def entry_name(container_format: str, suffix: str) -> str:
+    """The entry a file's bytes are stored under, from what FFmpeg found in it."""
+    names = container_format.split(",")  # e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "matroska,webm"
+    if "mp4" in names:
+        return ISO_SUFFIXES.get(suffix, "mp4")
+    if "matroska" in names:
+        return "webm" if suffix == ".webm" else "mkv"
+    if names[0] in CONTAINERS:
+        return CONTAINERS[names[0]]
+    raise Unusable(f"a {container_format} stream, not a video container (FFmpeg read it as such)")
+
+
 def probe(data: bytes) -> dict:
     """Header facts and the count of frames that actually decode (and the error that stopped it)."""
     with av.open(io.BytesIO(data)) as container:
         if not container.streams.video:
-            raise Unusable("no video stream")
+            raise Unusable("no video stream" + (" (audio only)" if container.streams.audio else ""))
         stream = container.streams.video[0]
+        if stream.codec_context.width < 1 or stream.codec_context.height < 1:
+            raise Unusable("video stream without a picture size")
         rate = stream.average_rate or stream.guessed_rate
         info = {
+            "container": container.format.name,
             "fps": float(rate) if rate else None, "declared_frames": int(stream.frames or 0),
             "width": stream.codec_context.width, "height": stream.codec_context.height,
             "codec": stream.codec_context.name, "has_audio": bool(container.streams.audio),
@@ -140,7 +158,11 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
     if partial and options.partial == "skip":
         return Skip(relpath, f"partial: {why}")
 
-    fmt, width, height, stored = FORMATS[path.suffix.lower()], info["width"], info["height"], data
+    try:
+        fmt = entry_name(info["container"], path.suffix.lower())
+    except Unusable as e:
+        return Skip(relpath, str(e))
+    width, height, stored = info["width"], info["height"], data
     if options.transcode:
         stored, decoded, width, height = transcode(
             data, short_side=options.short_side, keyframe_interval=options.keyframe_interval,

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import AUDIO, DATA, load_script, read_shards
 from modalmae.formats.schema import sample_key
@@ -112,3 +113,89 @@ def test_transcode_resize_keyframes_and_audio_track(raw, tmp_path):
     assert sr == 16000 and wave.shape[1] == 1 and abs(len(wave) / sr - 4.0) < 0.1
     assert json.loads(talk["json"])["audio"]["sample_rate"] == 16000
     assert "flac" not in clip  # no audio track, no entry
+
+
+def remux(src, dst, fmt):
+    """The same H.264 packets in another container."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+
+
+def encode(dst, fmt, codec, frames=12):
+    """A short clip of a moving bar, encoded here with PyAV."""
+    with av.open(str(dst), "w", format=fmt) as out:
+        video = out.add_stream(codec, rate=12)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            picture = np.zeros((48, 64, 3), np.uint8)
+            picture[:, 4 * i : 4 * i + 8] = 255
+            out.mux(video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(video.encode())
+
+
+def speech_only(dst, fmt, codec, rate):
+    """Real speech alone in a container that usually holds video."""
+    wave, sr = sf.read(AUDIO / "arctic_a0007.wav", dtype="float32")
+    with av.open(str(dst), "w", format=fmt) as out:
+        track = out.add_stream(codec, rate=rate)
+        track.layout = "mono"
+        resampler = av.AudioResampler(format=track.format.name, layout="mono", rate=rate)
+        frame = av.AudioFrame.from_ndarray(wave[None], format="flt", layout="mono")
+        frame.sample_rate = sr
+        for piece in resampler.resample(frame) + resampler.resample(None):
+            out.mux(track.encode(piece))
+        out.mux(track.encode())
+
+
+def test_containers_are_chosen_by_content_not_by_name(tmp_path):
+    from modalmae.data.video import VideoDecoder
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    remux(CLIP, raw / "clip.ts", "mpegts")
+    remux(CLIP, raw / "clip.flv", "flv")
+    remux(CLIP, raw / "clip.mkv", "matroska")
+    shutil.copy(CLIP, raw / "really_mp4.mkv")  # the name says Matroska, the bytes are MP4
+    encode(raw / "bar.ogv", "ogg", "libvpx")
+    encode(raw / "bar.wmv", "asf", "wmv2")
+    speech_only(raw / "speech.ogg", "ogg", "libopus", 48000)
+    speech_only(raw / "speech.mp4", "mp4", "aac", 16000)
+    (raw / "photo.mp4").write_bytes(_png())  # FFmpeg opens it, as a picture
+    (raw / "notes.txt").write_text("not media")
+    out = tmp_path / "video"
+    assert run(raw, out) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons["speech.ogg"] == reasons["speech.mp4"] == "no video stream (audio only)"
+    assert "not a video container" in reasons["photo.mp4"]
+    assert manifest["ignored_by_suffix"] == {".txt": 1}
+    samples = members(out)
+    stored = {json.loads(s["json"])["source"]: [k for k in s if k != "json"] for s in samples.values()}
+    assert stored == {
+        "clip.ts": ["ts"], "clip.flv": ["flv"], "clip.mkv": ["mkv"], "really_mp4.mkv": ["mp4"], "bar.ogv": ["ogv"], "bar.wmv": ["wmv"],
+    }
+    # Every container gives the loader the same centre clip as the original file.
+    decode = VideoDecoder(num_frames=4, stride=2, crop_size=64, train=False)
+    original = decode({"mp4": CLIP.read_bytes(), "json": json.dumps({"frames": 120}).encode()}, None)[0]["video"]
+    for source in ("clip.ts", "clip.flv", "clip.mkv", "really_mp4.mkv"):
+        assert torch.equal(decode(samples[sample_key(source)], None)[0]["video"], original), source
+    bar = decode(samples[sample_key("bar.ogv")], None)[0]["video"]
+    assert bar.shape == (3, 4, 64, 64) and bar.std() > 0.5  # the moving bar, not a blank frame
+
+    # The same speech files are usable audio in an audio build.
+    audio_out = tmp_path / "audio"
+    assert build.main(["--modality", "audio", "--input", str(raw), "--output", str(audio_out), "--quiet", "--workers", "1"]) == 0
+    kept = {json.loads(s["json"])["source"] for s in members(audio_out).values()}
+    assert {"speech.ogg", "speech.mp4"} <= kept
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
