@@ -1,11 +1,19 @@
-"""Masking strategies: functions of (batch, token count, ratio, torch.Generator) -> ``Masks``.
+"""Masking strategies: functions of a batch's shape (or what they mask by), a ratio or budget,
+and a ``torch.Generator`` -> ``Masks``.
+
+- ``random_masking(batch_size, num_tokens, ratio)``: MAE, Audio-MAE, MAE-ST, Point-MAE;
+- ``tube_masking(batch_size, grid, ratio)``: VideoMAE (one spatial mask for every time slice);
+- ``running_cell_predict(masks, grid, ratio)``: VideoMAE V2's decoder masking;
+- ``block_masking(centres, ratio)``: Point-MAE's block variant (a token and its neighbours);
+- ``dirichlet_masking(present, tokens_per_sequence, num_visible, alpha)``: MultiMAE / BM-MAE's
+  visible budget split across MRI sequences; ``completion_masks``: whole sequences from the others.
 
 Convention, stated once for the whole package: in ``Masks.mask`` 1 means *masked* (hidden
 from the encoder, reconstructed by the decoder), 0 means visible.
 
-Every sample masks exactly ``round(ratio * L)`` tokens, as in MAE's per-sample shuffle, so
-batches are dense (no padding) and the encoder cost is fixed. Randomness comes only from the
-generator passed in, so a seed reproduces the masks.
+Every sample keeps and masks exactly as many tokens as every other (``round(ratio * L)``
+masked, as in MAE's per-sample shuffle), so batches are dense (no padding) and the encoder cost
+is fixed. Randomness comes only from the generator passed in, so a seed reproduces the masks.
 """
 
 from __future__ import annotations
@@ -24,15 +32,10 @@ class Masks:
 
     ids_keep: Tensor  # [B, Lk] long: visible tokens, the encoder's input order
     ids_masked: Tensor  # [B, Lm] long: masked tokens
-    ids_restore: Tensor  # [B, L] long: where token i sits in cat(ids_keep, ids_masked)
     mask: Tensor  # [B, L] float: 1 = masked, 0 = visible
     # [B, Lp] long: the masked tokens the decoder reconstructs (decoder masking, VideoMAE V2);
     # None = all of them.
     ids_predict: Tensor | None = None
-
-    @property
-    def num_masked(self) -> int:
-        return self.ids_masked.shape[1]
 
     def to(self, device: torch.device | str) -> "Masks":
         values = (getattr(self, f.name) for f in dataclasses.fields(self))  # astuple would deep-copy
@@ -51,13 +54,10 @@ def num_masked_tokens(num_tokens: int, ratio: float) -> int:
 
 def masks_from_order(order: Tensor, num_masked: int) -> Masks:
     """Build ``Masks`` from a per-sample token order [B, L]: the last ``num_masked`` are masked."""
-    batch, length = order.shape
-    num_keep = length - num_masked
-    ids_restore = torch.argsort(order, dim=1)
-    mask = torch.ones(batch, length, device=order.device)
-    mask[:, :num_keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)  # back to token order
-    return Masks(order[:, :num_keep], order[:, num_keep:], ids_restore, mask)
+    num_keep = order.shape[1] - num_masked
+    ids_masked = order[:, num_keep:]
+    mask = torch.zeros(order.shape, device=order.device).scatter_(1, ids_masked, 1.0)  # in token order
+    return Masks(order[:, :num_keep], ids_masked, mask)
 
 
 def random_masking(

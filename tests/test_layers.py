@@ -1,4 +1,4 @@
-"""The package's layers point down (DESIGN.md's data flow), checked by import-linter.
+"""The package's layers point down the data flow, checked by import-linter.
 
 The contracts live in pyproject.toml ([tool.importlinter]): train -> checkpoint -> the modality
 registry and converters -> pictures, shard builder, loaders (independent of one another) ->

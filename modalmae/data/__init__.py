@@ -1,5 +1,4 @@
-"""Streaming shards into batches; ``schema.py`` documents what shards and batches hold.
-
-Kept import-light on purpose: the shard builder's worker processes import ``schema`` and must
-not pay for torch. Import ``modalmae.data.stream`` / ``.shards`` / ``.audio`` / ``.video``.
-"""
+"""Streaming shards into batches: finding shards and planning each rank's part (``shards``),
+reading them (``remote``), the streaming dataset (``stream``) and one sample decoder per
+modality (``audio``, ``video``, ``points``, ``mri``, ``image``). What shards and batches hold is
+documented in ``modalmae.formats.schema``."""

@@ -16,9 +16,10 @@ every R-th shard of the epoch's order and its workers every W-th of those.
 Resampled mode: each slot draws whole shards with replacement, from a generator seeded by
 (seed, rank, worker), without end.
 
-No rank opens, let alone decodes, data of another rank's share beyond those boundary shards
-(the failure modes of ``Accelerator.prepare`` on iterable datasets and of webdataset's default
-splitters are listed in DESIGN.md).
+No rank opens, let alone decodes, data of another rank's share beyond those boundary shards.
+(``Accelerator.prepare`` on an iterable dataset would instead dispatch every batch from rank 0,
+or make every rank read the whole stream and keep 1/n; webdataset's default node splitter
+refuses more than one process.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The modality-agnostic masked autoencoder (MAE, He et al. 2022; Audio-MAE; VideoMAE).
+"""The modality-agnostic masked autoencoder (MAE, He et al. 2022; as Audio-MAE, VideoMAE, Point-MAE and BM-MAE use it).
 
 - ``Encoder``: a tokenizer and a ViT that runs on the *visible* tokens only.
 - ``Decoder``: a lighter ViT over the encoded visible tokens plus a learned mask token at each

@@ -9,8 +9,6 @@ weights, whose decoders learned against these tables, be loaded unchanged.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -54,10 +52,6 @@ class FixedPositions(nn.Module):
 
     def forward(self, tokens=None) -> Tensor:  # noqa: ARG002 - grid positions ignore the sample
         return self.table
-
-
-def num_tokens(grid: tuple[int, ...]) -> int:
-    return math.prod(grid)
 
 
 def sinusoid_table(num_positions: int, dim: int) -> Tensor:

@@ -43,7 +43,7 @@ def sorted_masks(batch, grid, ratio, seed):
     g = torch.Generator().manual_seed(seed)
     masks = tube_masking(batch, grid, ratio, generator=g)
     order = torch.cat([masks.ids_keep.sort(1).values, masks.ids_masked.sort(1).values], dim=1)
-    return masks_from_order(order, masks.num_masked)
+    return masks_from_order(order, masks.ids_masked.shape[1])
 
 
 def assert_same_pretraining_outputs(ref, ours, *, seed=1):

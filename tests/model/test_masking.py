@@ -14,11 +14,9 @@ def test_exact_mask_count_in_every_sample(num_tokens, ratio):
     assert masks.ids_keep.shape == (16, num_tokens - expected)
 
 
-def test_restore_inverts_shuffle_and_indices_agree_with_mask():
+def test_indices_agree_with_mask():
     masks = random_masking(8, 64, 0.75, generator=torch.Generator().manual_seed(1))
     order = torch.cat([masks.ids_keep, masks.ids_masked], dim=1)  # [B, L] shuffled token ids
-    restored = torch.gather(order, 1, masks.ids_restore)
-    assert torch.equal(restored, torch.arange(64).expand(8, -1))
     assert (torch.gather(masks.mask, 1, masks.ids_masked) == 1).all()
     assert (torch.gather(masks.mask, 1, masks.ids_keep) == 0).all()
     # a permutation: every token exactly once

@@ -10,7 +10,7 @@ def test_tube_masking_shares_the_spatial_mask_over_time():
     assert (grid == grid[:, :1]).all()  # every time slice equal to the first
     assert (masks.mask.sum(1) == 8 * round(0.9 * 196)).all()  # 1408, as VideoMAE
     order = torch.cat([masks.ids_keep, masks.ids_masked], 1)
-    assert torch.equal(torch.gather(order, 1, masks.ids_restore), torch.arange(1568).expand(4, -1))
+    assert torch.equal(order.sort(1).values, torch.arange(1568).expand(4, -1))  # every token once
     assert not torch.equal(grid[0, 0], grid[1, 0])
 
 
@@ -43,7 +43,8 @@ def test_running_cell_exact_count_even_when_the_cell_cannot_give_it():
     g = torch.Generator().manual_seed(3)
     masks = tube_masking(5, (2, 4, 4), 0.75, generator=g)  # 2 slices: the cell is not balanced
     ids = running_cell_predict(masks, (2, 4, 4), 0.5, generator=g)
-    assert ids.shape == (5, masks.num_masked - round(0.5 * masks.num_masked))
+    num_masked = masks.ids_masked.shape[1]
+    assert ids.shape == (5, num_masked - round(0.5 * num_masked))
     assert all(len(set(row.tolist())) == ids.shape[1] for row in ids)
     with pytest.raises(ValueError, match="running cell"):
         running_cell_predict(masks, (2, 4, 4), 0.1, generator=g)
