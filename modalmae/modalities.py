@@ -26,6 +26,7 @@ from torch import Tensor
 
 from modalmae import viz
 from modalmae.data.audio import AudioDecoder
+from modalmae.data.image import ImageDecoder
 from modalmae.data.mri import MRIDecoder
 from modalmae.data.points import PointDecoder
 from modalmae.data.video import VideoDecoder
@@ -33,11 +34,13 @@ from modalmae.masking import Masks, completion_masks, dirichlet_masking, random_
 from modalmae.model import MAEOutput
 from modalmae.model.multisequence import sequence_losses
 from modalmae.shards import audio as audio_shards
+from modalmae.shards import image as image_shards
 from modalmae.shards import mri as mri_shards
 from modalmae.shards import points as points_shards
 from modalmae.shards import video as video_shards
 from modalmae.shards.build import ShardBuilder
 from modalmae.tokenizers.base import Tokenizer
+from modalmae.tokenizers.image import ImagePatches
 from modalmae.tokenizers.points import PointGroups
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
 from modalmae.tokenizers.video import VideoTubes
@@ -119,6 +122,11 @@ MODALITIES: dict[str, ModalitySpec] = {
             builder=mri_shards.BUILDER, tokenizer=VolumePatches, decoder=MRIDecoder.from_checkpoint,
             input_keys=("volume", "present"), mask_ratio=0.75, masking=_sequences, picture=viz.draw_volume,
             loss=sequence_losses, completion=_complete,
+        ),
+        ModalitySpec(
+            name="image", summary="MAE: 16x16 image patches, 75% random masking",
+            builder=image_shards.BUILDER, tokenizer=ImagePatches, decoder=ImageDecoder.from_checkpoint,
+            input_keys=("image",), mask_ratio=0.75, masking=_random, picture=viz.draw_image,
         ),
     )
 }

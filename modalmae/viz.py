@@ -163,6 +163,17 @@ def save_volume_figure(
     return _save(plt, fig, path, title)
 
 
+def save_image_figure(panels: dict[str, Tensor], path: str | Path, *, title: str = "", index: int = 0) -> Path:
+    """The panels side by side: pixel-space images [C, H, W] of sample ``index``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, images) in zip(axes[0], panels.items()):
+        ax.imshow(images[index].permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_title(name)
+        ax.set_axis_off()
+    return _save(plt, fig, path, title)
+
+
 # ----------------------------------------------------------------------------- one call per modality
 
 
@@ -190,3 +201,8 @@ def draw_volume(model: MaskedAutoencoder, x: dict, masks: Masks, path: str | Pat
         panels["reconstruction"][absent] = complete_sequences(model, x["volume"], x["present"], ~x["present"]).cpu()[absent]
         model.train(was_training)
     return save_volume_figure(panels, path, sequences=model.tokenizer.sequences, present=present, title=title)
+
+
+def draw_image(model: MaskedAutoencoder, x: Tensor, masks: Masks, path: str | Path, *, title: str = "") -> Path:
+    panels = reconstruction_panels(model, x, masks)  # in the normalized space the model sees
+    return save_image_figure({k: model.tokenizer.pixels(v) for k, v in panels.items()}, path, title=title)

@@ -46,16 +46,26 @@ MRI sample (modality ``"mri"``), one per subject::
                                         "dtype", "compressed": bool}},
                    "label" (only when labels were given)}
 
+Image sample (modality ``"image"``)::
+
+    <key>.<fmt>   the original file's bytes; <fmt> is one of IMAGE_FORMATS, named by what the
+                  bytes are, not by the file's suffix (a camera's MPO is a jpg). A multi-frame
+                  file (gif, tif, webp) stands for its first frame.
+    <key>.json    {"source", "format": <fmt>, "width", "height", "mode": Pillow's mode ("RGB",
+                   "L", "RGBA", "P", "I;16", "F", ...), "n_frames" (only when more than one),
+                   "label" (only when labels were given)}
+
 Keys are derived from the relative source path (``sample_key``), so rebuilding the same folder
 gives the same keys in the same order.
 
 ``manifest.json`` next to the shards, written last (a folder without one is an unfinished build)::
 
-    {"format_version": 1, "modality": "audio" | "video" | "points" | "mri", "num_samples": int, "total_bytes": int,
+    {"format_version": 1, "modality": "audio" | "video" | "points" | "mri" | "image", "num_samples": int, "total_bytes": int,
      "shards": [{"name": "shard-000000.tar", "num_samples": int, "bytes": int}, ...],
      "skipped": [{"path": relative path, "reason": str}, ...],
      "warnings": [{"path": relative path, "warning": str}, ...],  (kept with a caveat)
-     "ignored_files": int (files with other extensions), "removed_stale": [names of old shards],
+     "ignored_files": int (files of kinds the modality does not read), "ignored_by_suffix": {suffix: count},
+     "removed_stale": [names of old shards],
      "options": {the build options}, "created_by": "modalmae <version>"}
 
 Batches (produced by ``modalmae.data``)
@@ -94,6 +104,11 @@ MRI (``MRIDecoder`` + ``collate``): the same keys with, instead of ``"fbank"``::
                                             cropped around the foreground, z-scored over non-zero
                                             voxels; zeros for a sequence the subject lacks
     "present"      bool [B, S]              which sequences the subject has
+
+Image (``ImageDecoder`` + ``collate``): the same keys with ``"image"`` instead of ``"fbank"``::
+
+    "image"        float32 [B, 3, S, S]     ImageNet-normalized RGB: MAE's random resized crop
+                                            and flip in training, resize and centre crop otherwise
 """
 
 from __future__ import annotations
@@ -107,6 +122,10 @@ SHARD_PATTERN = "shard-{index:06d}.tar"
 AUDIO_FORMATS = ("flac", "wav", "ogg", "mp3", "opus")
 # Video entries by container (shards.video.entry_name decides from what FFmpeg finds in a file).
 VIDEO_FORMATS = ("mp4", "mov", "3gp", "mkv", "webm", "avi", "mpg", "ts", "ogv", "flv", "wmv", "mxf", "nut")
+IMAGE_FORMATS = ("jpg", "png", "webp", "tif", "bmp", "gif")
+# Images declaring more pixels are refused before decoding: Pillow's own decompression-bomb
+# limit (2 x PIL.Image.MAX_IMAGE_PIXELS), above which Pillow will not open a file anyway.
+MAX_IMAGE_PIXELS = 178_956_970
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 

@@ -3,9 +3,10 @@ contract (``Tokenizer``) they all keep."""
 
 from modalmae.tokenizers.base import Tokenizer, TokenizerBase, Tokens
 from modalmae.tokenizers.fbank import AudioFrontend, kaldi_fbank, resample
+from modalmae.tokenizers.image import ImagePatches
 from modalmae.tokenizers.points import PointGroups, group_points
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
 from modalmae.tokenizers.video import VideoTubes
 from modalmae.tokenizers.volume import VolumePatches
 
-__all__ = ["Tokenizer", "TokenizerBase", "Tokens", "SpectrogramPatches", "VideoTubes", "PointGroups", "group_points", "VolumePatches", "AudioFrontend", "kaldi_fbank", "resample"]
+__all__ = ["Tokenizer", "TokenizerBase", "Tokens", "SpectrogramPatches", "VideoTubes", "PointGroups", "group_points", "VolumePatches", "ImagePatches", "AudioFrontend", "kaldi_fbank", "resample"]
