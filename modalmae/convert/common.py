@@ -1,4 +1,4 @@
-"""Reading other projects' checkpoint files and the mapping steps every converter shares.
+"""Reading other projects' checkpoint files and the mapping steps the converters share.
 
 Files are read without unpickling code: ``.safetensors`` with safetensors, ``.pth`` / ``.pt`` /
 ``.bin`` / ``.ckpt`` only through ``torch.load(weights_only=True)`` (tensors and plain
@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from modalmae.model import Encoder, MAEConfig, MaskedAutoencoder
 
 # Where training scripts put the weights inside a saved dict (VideoMAE: model / module;
 # Point-MAE: base_model; Lightning and others: state_dict).
@@ -117,3 +120,70 @@ def heads_for(dim: int, table: dict[int, int], *, what: str) -> int:
     if dim not in table:
         raise ValueError(f"{what}: no standard number of heads for width {dim}; pass it explicitly")
     return table[dim]
+
+
+def timm_mae(
+    state: dict[str, Tensor],
+    tokenizer: nn.Module,
+    *,
+    decoder: bool,
+    encoder_heads: int | None,
+    decoder_heads: int,
+    norm_eps: float,
+    norm_pix_loss: bool,
+    what: str,
+) -> MaskedAutoencoder | Encoder:
+    """Our model from MAE's timm ViT layout (facebookresearch/mae, also Audio-MAE's), around
+    ``tokenizer``: the masked autoencoder when ``decoder``, else the encoder alone.
+
+    The layout: ``patch_embed.proj`` (a p x p stride-p convolution), ``cls_token``, ``pos_embed``
+    [1, 1 + L, D] (first row for the CLS token), ``blocks.N`` (timm blocks: our own names), then
+    ``norm`` (pretraining) or ``fc_norm`` (fine-tuned with global pooling; its ``head`` is not
+    kept); the pretraining decoder: ``decoder_embed``, ``mask_token``, ``decoder_pos_embed``,
+    ``decoder_blocks.N``, ``decoder_norm``, ``decoder_pred``. The convolution is loaded into the
+    tokenizer's projection in its own flattening order, which the tokenizers' patch order
+    follows. Position tables are copied, not recomputed, so learned positions convert exactly
+    too; the CLS row of ``pos_embed`` is folded into the CLS token (the only thing it is added
+    to). The caller checks that ``tokenizer`` has the file's number of positions.
+    """
+    dim = tokenizer.embed_dim
+    depth = count_blocks(state, "blocks.")
+    has_norm, has_fc_norm = "norm.weight" in state, "fc_norm.weight" in state
+    config = MAEConfig(
+        encoder_dim=dim, encoder_depth=depth, encoder_heads=encoder_heads or heads_for(dim, ENCODER_HEADS, what=f"{what} encoder"),
+        decoder_dim=state["decoder_embed.weight"].shape[0] if decoder else 512,
+        decoder_depth=count_blocks(state, "decoder_blocks.") if decoder else 8,
+        decoder_heads=decoder_heads, mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, norm_eps=norm_eps,
+        cls_token=True, norm_pix_loss=norm_pix_loss, encoder_norm=has_norm, pooled_norm=has_fc_norm,
+    )
+    pos = state["pos_embed"]  # [1, 1 + L, D]
+    enc = {
+        "tokenizer.proj.weight": state["patch_embed.proj.weight"].reshape(tokenizer.proj.weight.shape),
+        "tokenizer.proj.bias": state["patch_embed.proj.bias"],
+        "tokenizer.positions.table": pos[:, 1:],
+        "cls_token": state["cls_token"] + pos[:, :1],
+    }
+    for name, ours, present in (("norm", "transformer.norm", has_norm), ("fc_norm", "fc_norm", has_fc_norm)):
+        if present:
+            enc[f"{ours}.weight"], enc[f"{ours}.bias"] = state[f"{name}.weight"], state[f"{name}.bias"]
+    for i in range(depth):
+        enc.update(block_weights(state, f"blocks.{i}", f"transformer.blocks.{i}"))
+    if not decoder:
+        return load_mapped(Encoder(tokenizer, config), enc, what=f"{what} encoder")
+    dec_pos = state["decoder_pos_embed"]
+    if dec_pos[:, 0].abs().max() > 1e-6:
+        warnings.warn("decoder_pos_embed has a non-zero CLS row, which our decoder does not add: predictions will differ slightly", stacklevel=3)
+    mapped = {f"encoder.{k}": v for k, v in enc.items()}
+    mapped.update({
+        "decoder.embed.weight": state["decoder_embed.weight"],
+        "decoder.embed.bias": state["decoder_embed.bias"],
+        "decoder.mask_token": state["mask_token"],
+        "decoder.positions.table": dec_pos[:, 1:],
+        "decoder.transformer.norm.weight": state["decoder_norm.weight"],
+        "decoder.transformer.norm.bias": state["decoder_norm.bias"],
+        "decoder.head.weight": state["decoder_pred.weight"],
+        "decoder.head.bias": state["decoder_pred.bias"],
+    })
+    for i in range(config.decoder_depth):
+        mapped.update(block_weights(state, f"decoder_blocks.{i}", f"decoder.transformer.blocks.{i}"))
+    return load_mapped(MaskedAutoencoder(tokenizer, config), mapped, what=what)
