@@ -5,12 +5,11 @@
                             options=audio.Options(transcode=True))
 
 ``build`` is modality-generic and ``writer`` writes the tars; each modality's stage module
-(``audio``, ``video``, ``points``, ``mri``, ``image``) defines its ``BUILDER``, and
-``modalmae.modalities`` lists them. What the shards hold is documented in
-``modalmae.formats.schema``.
+(``modalmae.shards.audio``, ``.video``, ``.points``, ``.mri``, ``.image``, imported by name)
+defines its ``BUILDER``, and ``modalmae.modalities`` lists them. What the shards hold is
+documented in ``modalmae.formats.schema``.
 """
 
-from modalmae.shards import audio, mri, points, video
 from modalmae.shards.build import (
     NoInputError, OutputInUseError, ShardBuilder, build_shards, default_workers, find_files, prepare_all, read_labels,
 )
@@ -18,6 +17,6 @@ from modalmae.shards.types import Sample, Skip
 from modalmae.shards.writer import ShardWriter, remove_stale
 
 __all__ = [
-    "NoInputError", "OutputInUseError", "Sample", "ShardBuilder", "ShardWriter", "Skip", "audio", "build_shards",
-    "default_workers", "find_files", "mri", "prepare_all", "points", "read_labels", "remove_stale", "video",
+    "NoInputError", "OutputInUseError", "Sample", "ShardBuilder", "ShardWriter", "Skip", "build_shards",
+    "default_workers", "find_files", "prepare_all", "read_labels", "remove_stale",
 ]
