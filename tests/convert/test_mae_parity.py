@@ -6,7 +6,7 @@ loss and features; ViTMAE's sin-cos table must be our tokenizer's."""
 
 import pytest
 import torch
-from test_audiomae_parity import to_audiomae as to_mae  # the same timm key names
+from vitmae_reference import tiny_vitmae, to_timm, vitmae_config
 
 from modalmae.convert import convert_checkpoint, detect_layout
 from modalmae.convert.mae import mae_from_timm
@@ -17,32 +17,14 @@ from modalmae.tokenizers.image import ImagePatches
 transformers = pytest.importorskip("transformers")
 
 
-def vitmae_config(norm_pix, mask_ratio=0.75):
-    return transformers.ViTMAEConfig(
-        image_size=64, patch_size=16, num_channels=3, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-        intermediate_size=192, decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=2,
-        decoder_intermediate_size=128, mask_ratio=mask_ratio, norm_pix_loss=norm_pix,
-    )
-
-
-def tiny_vitmae(norm_pix, mask_ratio=0.75):
-    model = transformers.ViTMAEForPreTraining(vitmae_config(norm_pix, mask_ratio))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)  # positions too: the converter copies tables, it does not recompute them
-        model.decoder.decoder_pos_embed[:, 0] = 0  # the CLS row of a sin-cos table
-    return model.eval()
-
-
 def images(batch=2, seed=1):
     return torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(seed))  # [B, C, H, W], normalized
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_same_predictions_and_loss_as_vitmae(norm_pix, tmp_path):
-    ref = tiny_vitmae(norm_pix)
-    state = to_mae(ref.state_dict())
+    ref = tiny_vitmae(channels=3, norm_pix=norm_pix)
+    state = to_timm(ref.state_dict())
     assert state["patch_embed.proj.weight"].shape == (48, 3, 16, 16)
     ours = mae_from_timm(state, image_size=64, encoder_heads=3, decoder_heads=2, norm_eps=1e-12, norm_pix_loss=norm_pix)
     assert isinstance(ours, MaskedAutoencoder) and isinstance(ours.tokenizer, ImagePatches)
@@ -65,8 +47,8 @@ def test_same_predictions_and_loss_as_vitmae(norm_pix, tmp_path):
 
 
 def test_pretrained_encoder_alone_gives_vitmaes_features():
-    ref = tiny_vitmae(False, mask_ratio=0.0)  # keep every token, in grid order below
-    state = {k: v for k, v in to_mae(ref.state_dict()).items() if not k.startswith(("decoder", "mask_token"))}
+    ref = tiny_vitmae(channels=3, norm_pix=False, mask_ratio=0.0)  # keep every token, in grid order below
+    state = {k: v for k, v in to_timm(ref.state_dict()).items() if not k.startswith(("decoder", "mask_token"))}
     ours = mae_from_timm(state, image_size=64, encoder_heads=3, norm_eps=1e-12)  # like mae_pretrain_vit_base.pth
     assert isinstance(ours, Encoder) and ours.fc_norm is None
     x = images(seed=3)
@@ -76,7 +58,7 @@ def test_pretrained_encoder_alone_gives_vitmaes_features():
 
 
 def test_finetuned_layout_is_an_encoder_with_fc_norm():
-    state = to_mae(tiny_vitmae(False).state_dict())
+    state = to_timm(tiny_vitmae(channels=3, norm_pix=False).state_dict())
     state = {k: v for k, v in state.items() if not k.startswith(("decoder", "mask_token", "norm."))}
     state["fc_norm.weight"], state["fc_norm.bias"] = torch.rand(48) + 0.5, torch.randn(48)
     state["head.weight"], state["head.bias"] = torch.randn(1000, 48), torch.randn(1000)
@@ -90,7 +72,7 @@ def test_finetuned_layout_is_an_encoder_with_fc_norm():
 
 
 def test_vitmaes_sincos_table_is_our_tokenizers():
-    decoder = transformers.ViTMAEForPreTraining(vitmae_config(True)).decoder
+    decoder = transformers.ViTMAEForPreTraining(vitmae_config(channels=3, norm_pix=True)).decoder
     decoder.initialize_weights(16)  # ViTMAE's own MAE table for a 4 x 4 grid, CLS row first
     tok = ImagePatches(embed_dim=32, image_size=64)
     assert torch.allclose(decoder.decoder_pos_embed[0, 1:], tok.positions()[0], atol=1e-6)
@@ -98,7 +80,7 @@ def test_vitmaes_sincos_table_is_our_tokenizers():
 
 
 def test_layout_detection_and_wrong_sizes_are_explained():
-    state = to_mae(tiny_vitmae(False).state_dict())
+    state = to_timm(tiny_vitmae(channels=3, norm_pix=False).state_dict())
     assert detect_layout(state, None) == "mae"
     grey = {**state, "patch_embed.proj.weight": state["patch_embed.proj.weight"][:, :1]}
     assert detect_layout(grey, None) == "audiomae"
