@@ -54,7 +54,6 @@ LossReduction = Callable[[MAEOutput, Tokenizer], tuple[Tensor, dict[str, Tensor]
 @dataclass(frozen=True)
 class ModalitySpec:
     name: str
-    summary: str  # one line for --help texts
     builder: ShardBuilder  # raw files -> shard samples
     tokenizer: type[Tokenizer]  # rebuilt from a checkpoint's tokenizer config (its keyword arguments)
     # (model folder config, *, train, **decoder_options) -> a ShardStream sample decoder
@@ -102,29 +101,29 @@ def _complete(tokenizer: VolumePatches, x: dict, names: list[str]) -> Masks:
 MODALITIES: dict[str, ModalitySpec] = {
     spec.name: spec
     for spec in (
-        ModalitySpec(
-            name="audio", summary="Audio-MAE: log-mel fbank patches, 80% random masking",
+        ModalitySpec(  # Audio-MAE: log-mel fbank patches, 80% random masking
+            name="audio",
             builder=audio_shards.BUILDER, tokenizer=SpectrogramPatches, decoder=AudioDecoder.from_checkpoint,
             input_keys=("fbank",), mask_ratio=0.8, masking=_random, picture=viz.draw_spectrogram,
         ),
-        ModalitySpec(
-            name="video", summary="VideoMAE: spacetime tubes, 90% tube masking",
+        ModalitySpec(  # VideoMAE: spacetime tubes, 90% tube masking
+            name="video",
             builder=video_shards.BUILDER, tokenizer=VideoTubes, decoder=VideoDecoder.from_checkpoint,
             input_keys=("video",), mask_ratio=0.9, masking=_tubes, picture=viz.draw_video, decoder_options=("sampling_rate",),
         ),
-        ModalitySpec(
-            name="points", summary="Point-MAE: point groups, 60% random masking, Chamfer loss",
+        ModalitySpec(  # Point-MAE: point groups, 60% random masking, Chamfer loss
+            name="points",
             builder=points_shards.BUILDER, tokenizer=PointGroups, decoder=PointDecoder.from_checkpoint,
             input_keys=("points",), mask_ratio=0.6, masking=_random, picture=viz.draw_points,
         ),
-        ModalitySpec(
-            name="mri", summary="BM-MAE: 3-D patches of several MRI sequences, Dirichlet masking across them",
+        ModalitySpec(  # BM-MAE: 3-D patches of several MRI sequences, Dirichlet masking across them
+            name="mri",
             builder=mri_shards.BUILDER, tokenizer=VolumePatches, decoder=MRIDecoder.from_checkpoint,
             input_keys=("volume", "present"), mask_ratio=0.75, masking=_sequences, picture=viz.draw_volume,
             loss=sequence_losses, completion=_complete,
         ),
-        ModalitySpec(
-            name="image", summary="MAE: 16x16 image patches, 75% random masking",
+        ModalitySpec(  # MAE: 16x16 image patches, 75% random masking
+            name="image",
             builder=image_shards.BUILDER, tokenizer=ImagePatches, decoder=ImageDecoder.from_checkpoint,
             input_keys=("image",), mask_ratio=0.75, masking=_random, picture=viz.draw_image,
         ),

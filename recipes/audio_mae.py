@@ -17,10 +17,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch
-
 from modalmae.data.audio import AudioDecoder
-from modalmae.masking import random_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.fbank import AudioFrontend
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
@@ -53,13 +50,7 @@ def build(cfg: AudioMAEConfig) -> Pretraining:
         embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins, patch_size=cfg.patch_size
     )
 
-    def masking(x: torch.Tensor, generator: torch.Generator):
-        return random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
-
-    return Pretraining(
-        model=MaskedAutoencoder(tokenizer, model_cfg), decode=AudioDecoder(frontend), masking=masking,
-        extra={"frontend": frontend.config()},
-    )
+    return Pretraining(model=MaskedAutoencoder(tokenizer, model_cfg), decode=AudioDecoder(frontend), extra={"frontend": frontend.config()})
 
 
 def main(argv: list[str] | None = None) -> int:

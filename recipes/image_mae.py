@@ -18,10 +18,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch
-
 from modalmae.data.image import ImageDecoder
-from modalmae.masking import random_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.image import ImagePatches
 from modalmae.train.config import PretrainConfig, arg
@@ -42,13 +39,10 @@ def build(cfg: ImageMAEConfig) -> Pretraining:
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)  # MAE's decoder: 512 wide, 8 blocks
     tokenizer = ImagePatches(embed_dim=model_cfg.encoder_dim, image_size=cfg.input_size, patch_size=cfg.patch_size)
 
-    def masking(x: torch.Tensor, generator: torch.Generator):
-        return random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
-
     return Pretraining(
         model=MaskedAutoencoder(tokenizer, model_cfg),
         decode=ImageDecoder(image_size=cfg.input_size, min_scale=cfg.min_scale, flip=cfg.flip),
-        masking=masking, extra={"image": {"min_scale": cfg.min_scale}},
+        extra={"image": {"min_scale": cfg.min_scale}},
     )
 
 

@@ -5,7 +5,7 @@
         image_size: int = arg(224, "...")
 
     def build(cfg: ImageMAEConfig) -> Pretraining:
-        ...  # the tokenizer, the model, the sample decoder, the masking
+        ...  # the tokenizer, the model, the sample decoder (and a masking of its own, if any)
 
     def main(argv=None) -> int:
         return run_pretraining("image", ImageMAEConfig, build, argv, doc=__doc__)
@@ -41,8 +41,9 @@ class Pretraining:
 
     model: MaskedAutoencoder
     decode: SampleDecoder
-    masking: Callable[[torch.Tensor | dict, torch.Generator], Masks]  # (batch input, generator) -> Masks
     extra: dict = field(default_factory=dict)  # saved with the model: what the spec's decoder needs to rebuild the data pipeline
+    # (batch input, generator) -> Masks; default: the modality's published masking at --mask-ratio
+    masking: Callable[[torch.Tensor | dict, torch.Generator], Masks] | None = None
     items_per_sample: int = 1  # items the decoder makes of one sample (repeated augmentation)
 
 
@@ -63,14 +64,15 @@ def run_pretraining(modality: str, config_cls: type, build: Callable[[Any], Pret
     shards = open_shards(cfg.shards, modality)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
     job = build(cfg)
+    masking = job.masking or (lambda x, generator: spec.masking(job.model.tokenizer, x, cfg.mask_ratio, generator))
     result = pretrain(
-        cfg, accelerator=accelerator, spec=spec, model=job.model, decode=job.decode, masking=job.masking,
+        cfg, accelerator=accelerator, spec=spec, model=job.model, decode=job.decode, masking=masking,
         items_per_sample=job.items_per_sample, save_extra=job.extra, shards=shards,
     )
     if accelerator.is_main_process:
         x = model_input(spec, result.last_batch, accelerator.device, rows=slice(0, 1))
         # Draw every masked token, also those a decoder-masked step would skip.
-        masks = replace(job.masking(x, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
+        masks = replace(masking(x, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
         picture = spec.picture(
             result.model, x, masks, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}",
         )
