@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -97,25 +98,59 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def _load(directory, config: dict, cls: type[nn.Module], map_location: str) -> nn.Module:
-    try:
-        tokenizer = spec_of_tokenizer(config["tokenizer"]["class"]).tokenizer(**config["tokenizer"]["config"])
-        module = cls(tokenizer, MAEConfig.from_dict(config["model"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{directory}: {CONFIG_NAME} does not describe a model ({type(e).__name__}: {e})") from e
+    """Build the model ``config`` describes and load its weights. It is first built on the meta
+    device (no memory) and checked against the shapes in the weights file's header, so a config
+    describing another or a huge model fails before anything is allocated."""
     weights = Path(directory) / WEIGHTS_NAME
     try:
-        module.load_state_dict(load_file(str(weights), device=map_location), strict=True)
-    except (OSError, RuntimeError) as e:  # missing or corrupt file, or weights of another model
-        raise CheckpointError(f"{weights}: {str(e).splitlines()[0]}") from e
+        tokenizer_cls, model_config = spec_of_tokenizer(config["tokenizer"]["class"]).tokenizer, MAEConfig.from_dict(config["model"])
+        with torch.device("meta"):
+            blueprint = cls(tokenizer_cls(**config["tokenizer"]["config"]), model_config)
+        shapes = {k: tuple(v.shape) for k, v in blueprint.state_dict().items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}: {CONFIG_NAME} does not describe a model ({type(e).__name__}: {e})") from e
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
+    if stored != shapes:
+        diff = sorted(set(shapes) ^ set(stored)) or [k for k in shapes if shapes[k] != stored[k]]
+        raise CheckpointError(
+            f"{directory}: {CONFIG_NAME} and {WEIGHTS_NAME} describe different models (first differences: "
+            + ", ".join(f"{k} {shapes.get(k, 'absent')} vs {stored.get(k, 'absent')}" for k in diff[:3]) + ")"
+        )
+    module = cls(tokenizer_cls(**config["tokenizer"]["config"]), model_config)
+    module.load_state_dict(load_file(str(weights), device=map_location), strict=True)
     return module.eval()
 
 
-def load_pretrained(directory: str | os.PathLike, *, map_location: str = "cpu") -> tuple[MaskedAutoencoder, dict]:
-    """Rebuild the masked autoencoder saved in ``directory``; returns (model, config dict)."""
-    config = read_config(directory)
+def _convert(path: str | os.PathLike, **convert_options) -> tuple[nn.Module, dict]:
+    """Another project's checkpoint as (our model, its config dict)."""
+    from modalmae.convert import convert_checkpoint
+
+    try:
+        model, extra = convert_checkpoint(path, **convert_options)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        message = str(e).strip("'\"")  # KeyError quotes its message
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from e
+    return model, checkpoint_config(model, extra=extra)
+
+
+def load_pretrained(path: str | os.PathLike, *, map_location: str = "cpu", **convert_options) -> tuple[MaskedAutoencoder, dict]:
+    """The masked autoencoder (encoder and decoder) of a model folder, or of another project's
+    pretraining checkpoint, converted; returns (model, config dict)."""
+    if not Path(path).exists():
+        raise CheckpointError(f"{path}: no such model folder or checkpoint file")
+    if not is_pretrained_folder(path):
+        model, config = _convert(path, **convert_options)
+        if not isinstance(model, MaskedAutoencoder):
+            raise CheckpointError(f"{path} holds an encoder without a decoder: load it with load_encoder")
+        return model.to(map_location).eval(), config
+    config = read_config(path)
     if config.get("parts", "mae") != "mae":
-        raise CheckpointError(f"{directory} holds an encoder without a decoder: load it with load_encoder")
-    return _load(directory, config, MaskedAutoencoder, map_location), config
+        raise CheckpointError(f"{path} holds an encoder without a decoder: load it with load_encoder")
+    return _load(path, config, MaskedAutoencoder, map_location), config
 
 
 def load_encoder(path: str | os.PathLike, *, map_location: str = "cpu", **convert_options) -> tuple[Encoder, dict]:
@@ -125,20 +160,14 @@ def load_encoder(path: str | os.PathLike, *, map_location: str = "cpu", **conver
     (``modalmae.convert.convert_checkpoint``, which takes ``convert_options``)."""
     if not Path(path).exists():
         raise CheckpointError(f"{path}: no such model folder or checkpoint file")
-    if is_pretrained_folder(path):
-        config = read_config(path)
-        if config.get("parts", "mae") == "mae":
-            return load_pretrained(path, map_location=map_location)[0].encoder, config
-        return _load(path, config, Encoder, map_location), config
-    from modalmae.convert import convert_checkpoint
-
-    try:
-        model, extra = convert_checkpoint(path, **convert_options)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        message = str(e).strip("'\"")  # KeyError quotes its message
-        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from e
-    encoder = model.encoder if isinstance(model, MaskedAutoencoder) else model
-    return encoder.to(map_location).eval(), checkpoint_config(model, extra=extra)
+    if not is_pretrained_folder(path):
+        model, config = _convert(path, **convert_options)
+        encoder = model.encoder if isinstance(model, MaskedAutoencoder) else model
+        return encoder.to(map_location).eval(), config
+    config = read_config(path)
+    if config.get("parts", "mae") == "mae":
+        return _load(path, config, MaskedAutoencoder, map_location).encoder, config
+    return _load(path, config, Encoder, map_location), config
 
 
 def state_digest(module: nn.Module) -> str:

@@ -25,6 +25,7 @@ import torch
 from modalmae.data.shards import resolve_shards
 from modalmae.data.stream import ShardStream, make_loader
 from modalmae.train.downstream import extract_features, open_checkpoint
+from modalmae.train.recipe import output_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if not keys:
         print(f"error: no sample of {args.shards} could be read", file=sys.stderr)
         return 1
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.output.is_dir():
+        parser.error(f"--output {args.output}: is a folder; name the .npz file to write")
+    output_folder(args.output.parent, flag="--output's folder")
     np.savez(args.output, keys=np.array(keys), features=feats, labels=np.array(labels))
     print(f"{len(keys)} samples x {feats.shape[1]} features -> {args.output}" + (f" ({skipped} unreadable, skipped)" if skipped else ""))
     return 0

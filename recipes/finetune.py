@@ -35,7 +35,7 @@ from modalmae.modalities import model_input
 from modalmae.train.config import TrainConfig, arg, parse_config
 from modalmae.train.downstream import Classifier, SplitFilter, layer_decay_groups, open_checkpoint
 from modalmae.train.loop import train
-from modalmae.train.recipe import open_shards
+from modalmae.train.recipe import open_shards, output_folder
 
 
 @dataclass
@@ -98,6 +98,7 @@ def load_classifier(run: str | Path) -> Classifier:
 def main(argv: list[str] | None = None) -> int:
     head_doc, _, rest = __doc__.partition("\n\n")
     cfg = parse_config(FinetuneConfig, argv, description=head_doc, epilog=rest)
+    output_folder(cfg.output)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
 

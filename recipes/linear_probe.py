@@ -23,7 +23,6 @@ import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -31,7 +30,7 @@ from safetensors.torch import save_file
 from modalmae.data.stream import ShardStream, make_loader
 from modalmae.train.config import arg, parse_config
 from modalmae.train.downstream import extract_features, open_checkpoint, split_of
-from modalmae.train.recipe import open_shards
+from modalmae.train.recipe import open_shards, output_folder
 
 
 @dataclass
@@ -83,8 +82,7 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeCo
 def main(argv: list[str] | None = None) -> int:
     head, _, rest = __doc__.partition("\n\n")
     cfg = parse_config(ProbeConfig, argv, description=head, epilog=rest)
-    output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_folder(cfg.output)
     (output / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     model = open_checkpoint(cfg.checkpoint, map_location=cfg.device, sampling_rate=cfg.sampling_rate)

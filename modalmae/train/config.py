@@ -34,6 +34,7 @@ class TrainConfig:
     warmup_steps: int = arg(100, "linear warm-up steps from 0 to the peak learning rate (capped at max-steps / 2)")
     weight_decay: float = arg(0.05, "AdamW weight decay (not applied to biases, norms and tokens)")
     clip_grad: float = arg(0.0, "clip the gradient norm to this value (0 = no clipping, as in MAE)")
+    max_nonfinite_steps: int = arg(10, "a step whose loss (or clipped gradient norm) is NaN or inf is skipped, without an update, and counted (nonfinite_steps in metrics.jsonl); this many in a row stop the run")
     mixed_precision: str = arg("no", "autocast precision (bf16 works on recent CPUs and GPUs)", choices=("no", "bf16", "fp16"))
     workers: int = arg(2, "DataLoader worker processes per training process (at most one per shard of that process)")
     shuffle_buffer: int = arg(256, "samples held in each worker's shuffle buffer")

@@ -86,6 +86,7 @@ class Feed:
         if self.keys_log is not None:
             items = zip(batch["__source__"], batch["__epoch__"], batch["__key__"], batch["__pad__"])
             self.keys_log.write(json.dumps({"step": step, "items": [list(i) for i in items]}) + "\n")
+            self.keys_log.flush()  # a killed run keeps what it trained on
         self.samples_seen += len(batch["__key__"])
         self.skipped += batch.get("num_skipped", 0)
         return batch

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -85,16 +86,38 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def find_resume(cfg, output: Path) -> Path | None:
+def find_resume(cfg, output: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint ``cfg.resume`` names (``latest``: the newest complete one under
+    ``<output>/checkpoints``, or None when there is none), and why newer ones were passed over."""
     if not cfg.resume:
-        return None
-    if cfg.resume == "latest":
-        found = sorted((output / CHECKPOINTS).glob("step_*"))
-        return found[-1] if found else None
-    path = Path(cfg.resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume {path}: not a checkpoint folder (no {STATE_NAME})")
-    return path
+        return None, []
+    if cfg.resume != "latest":
+        path = Path(cfg.resume)
+        if not (path / STATE_NAME).is_file():
+            raise FileNotFoundError(f"--resume {path}: not a complete checkpoint folder (no {STATE_NAME})")
+        return path, []
+    passed_over = []
+    for folder in sorted((output / CHECKPOINTS).glob("step_*"), reverse=True):
+        if folder.name.endswith(".tmp"):
+            passed_over.append(f"{folder.name}: a save that did not finish (removed)")
+        elif not (folder / STATE_NAME).is_file():
+            passed_over.append(f"{folder.name}: incomplete (no {STATE_NAME})")
+        else:
+            return folder, passed_over
+    return None, passed_over
+
+
+def keep_until(path: Path, step: int) -> None:
+    """Drop the lines of a JSON-lines log written after ``step`` (by a run that was stopped
+    after its last checkpoint and is now resumed from it); rewritten atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -112,29 +135,32 @@ class _Metrics:
     def _reset(self) -> None:
         self.loss = torch.zeros((), device=self.accelerator.device, dtype=torch.float64)  # no GPU sync per step
         self.extra: dict[str, torch.Tensor] = {}
-        self.steps, self.tick = 0, time.perf_counter()
+        self.steps, self.counted, self.tick = 0, 0, time.perf_counter()
 
-    def add(self, loss: torch.Tensor, extra: dict[str, torch.Tensor], *, micro_batches: int) -> None:
-        self.loss += loss.detach() / micro_batches
+    def add(self, loss: torch.Tensor, extra: dict[str, torch.Tensor]) -> None:
+        """One optimizer step's mean loss and figures (steps skipped as non-finite are not added)."""
+        self.loss += loss
+        self.counted += 1
         for name, value in extra.items():
-            self.extra[name] = self.extra.get(name, 0) + value.detach().to(self.loss)
+            self.extra[name] = self.extra.get(name, 0) + value.to(self.loss)
 
-    def line(self, step: int, lr: float, *, skipped: int, source_counts: torch.Tensor) -> dict:
+    def line(self, step: int, lr: float, *, skipped: int, nonfinite: int, source_counts: torch.Tensor) -> dict:
         """Reduce over processes (a collective: every process calls it) and write one line."""
         names = sorted(self.extra)  # the same on every process: loss_fn returns the same names
         stats = torch.cat([
-            torch.stack([self.loss / self.steps, self.loss.new_tensor(skipped)]), source_counts.to(self.loss),
+            torch.stack([self.loss / max(1, self.counted), self.loss.new_tensor(skipped)]), source_counts.to(self.loss),
             *(self.extra[n].reshape(2) for n in names),
         ])
         stats = self.accelerator.reduce(stats, reduction="sum")  # loss summed over ranks, counts too
         world, n_sources = self.accelerator.num_processes, len(self.sources)
         record = {
             "step": step,
-            "loss": stats[0].item() / world,
+            "loss": stats[0].item() / world if self.counted else None,  # the same count on every rank
             "lr": lr,
             "samples_per_s": self.steps * self.effective_batch / (time.perf_counter() - self.tick),
             "epoch": step * self.effective_batch / self.epoch_samples if self.epoch_samples else None,
             "skipped": int(stats[1].item()),
+            "nonfinite_steps": nonfinite,
         }
         if n_sources > 1:
             record["sources"] = {s.name: int(c) for s, c in zip(self.sources, stats[2 : 2 + n_sources].tolist())}
@@ -166,7 +192,20 @@ class _Run:
     ) -> None:
         """Set-up and resume: data, schedule, resolved config, optimizer, restored state."""
         self.cfg, self.accelerator, self.output = cfg, accelerator, Path(cfg.output)
-        resume = find_resume(cfg, self.output)
+        if self.output.exists() and not self.output.is_dir():
+            raise NotADirectoryError(f"--output {self.output}: exists and is not a folder")
+        resume, passed_over = find_resume(cfg, self.output)
+        if accelerator.is_main_process:
+            for note in passed_over:
+                accelerator.print(f"--resume latest passed over {note}")
+            for stale in (self.output / CHECKPOINTS).glob("step_*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+        accelerator.wait_for_everyone()  # no rank writes a checkpoint while stale ones are removed
+        self.start_step = json.loads((resume / STATE_NAME).read_text())["step"] if resume else 0
+        if resume is not None:  # logs written after that checkpoint describe steps that run again
+            if accelerator.is_main_process:
+                keep_until(self.output / "metrics.jsonl", self.start_step)
+            keep_until(self.output / "keys" / f"rank{accelerator.process_index}.jsonl", self.start_step)
         self.feed = Feed(cfg, accelerator, sources, decode, items_per_sample, resume)
         world = accelerator.num_processes
         epoch_samples = self.feed.rank_epoch_items * world if self.feed.rank_epoch_items else None
@@ -190,11 +229,11 @@ class _Run:
         optimizer = torch.optim.AdamW(groups or param_groups(model, cfg.weight_decay), lr=self.lr, betas=betas)
         self.min_ratio = cfg.min_lr / self.lr if self.lr else 0.0
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.start_step = 0
         if resume is not None:
             accelerator.load_state(str(resume))
-            self.start_step = json.loads((resume / STATE_NAME).read_text())["step"]
             accelerator.print(f"resumed from {resume} at step {self.start_step}")
+        # Every random choice after this point follows from (seed, step): Accelerate's saved RNG
+        # state is overwritten here, so a resumed run does not depend on it being readable.
         set_seed(cfg.seed + self.start_step, device_specific=True)
         self.generator = torch.Generator()
         self.metrics = _Metrics(
@@ -205,6 +244,7 @@ class _Run:
         )
         self.batch: dict = {}
         self.lr_used = self.lr
+        self.skip, self.nonfinite_total, self.nonfinite_in_row = False, 0, 0
 
     def step(self, step: int, loss_fn: LossFn) -> None:
         """One optimizer step over ``grad_accum`` micro-batches."""
@@ -217,23 +257,51 @@ class _Run:
         self.lr_used = self.lr * warmup_cosine(step - 1, warmup=self.warmup, total=self.max_steps, min_ratio=self.min_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_used * group.get("lr_scale", 1.0)
+        step_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        step_extra: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), device=accelerator.device)  # micro-batches of this rank with a NaN / inf loss
         for _ in range(cfg.grad_accum):
             self.batch = self.feed.next(step)
             with accelerator.accumulate(self.model):
                 loss = loss_fn(self.model, self.batch, self.generator)
                 loss, extra = loss if isinstance(loss, tuple) else (loss, {})
+                nonfinite += (~torch.isfinite(loss.detach())).float()
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.clip_grad > 0:
-                    accelerator.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.optimizer.step()
+                if accelerator.sync_gradients:
+                    self.skip = self._nonfinite(nonfinite)
+                    if not self.skip:
+                        self.optimizer.step()
                 self.optimizer.zero_grad()
-            self.metrics.add(loss, extra, micro_batches=cfg.grad_accum)
+            step_loss += loss.detach() / cfg.grad_accum
+            for name, value in extra.items():
+                step_extra[name] = step_extra.get(name, 0) + value.detach()
         self.metrics.steps += 1
+        if self.skip:
+            self.nonfinite_total, self.nonfinite_in_row = self.nonfinite_total + 1, self.nonfinite_in_row + 1
+            if self.nonfinite_in_row >= cfg.max_nonfinite_steps:
+                raise RuntimeError(
+                    f"{self.nonfinite_in_row} optimizer steps in a row (the last: step {step}) gave a NaN or infinite loss or "
+                    f"gradient and were skipped; stopping with the weights of step {step - self.nonfinite_in_row} (the last "
+                    f"checkpoint holds no NaN). Look for bad samples (--log-keys lists each step's keys) or lower the learning rate."
+                )
+        else:
+            self.nonfinite_in_row = 0
+            self.metrics.add(step_loss, step_extra)
         self.bar.update(1)
 
+    def _nonfinite(self, nonfinite: torch.Tensor) -> bool:
+        """Whether any process saw a non-finite loss in this step, or the gradient norm is (the
+        same answer on every process, so all skip the update together)."""
+        if self.cfg.clip_grad > 0:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            nonfinite = nonfinite + (~torch.isfinite(torch.as_tensor(norm))).float().to(nonfinite.device)
+        return self.accelerator.reduce(nonfinite, reduction="sum").item() > 0
+
     def log_metrics(self, step: int) -> None:
-        record = self.metrics.line(step, self.lr_used, skipped=self.feed.skipped, source_counts=self.feed.source_counts)
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        record = self.metrics.line(
+            step, self.lr_used, skipped=self.feed.skipped, nonfinite=self.nonfinite_total, source_counts=self.feed.source_counts,
+        )
+        self.bar.set_postfix(loss="nan" if record["loss"] is None else f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
 
     def log_evaluation(self, step: int, figures: dict) -> None:
         self.metrics.write({"step": step, **figures})
@@ -241,15 +309,24 @@ class _Run:
             self.bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
 
     def save_checkpoint(self, step: int) -> None:
-        """A resumable checkpoint: Accelerate's state, each rank's data position, then the step."""
+        """A resumable checkpoint, written as ``step_N.tmp`` (Accelerate's state, each rank's
+        data position, then the step) and renamed to ``step_N`` once complete: a save killed
+        half-way leaves only a .tmp folder, which ``--resume latest`` passes over."""
         accelerator = self.accelerator
         folder = self.output / CHECKPOINTS / f"step_{step:07d}"
-        accelerator.save_state(str(folder))
-        (folder / f"data_rank{accelerator.process_index}.json").write_text(json.dumps(self.feed.position()) + "\n")
+        tmp = folder.with_name(folder.name + ".tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        (tmp / f"data_rank{accelerator.process_index}.json").write_text(json.dumps(self.feed.position()) + "\n")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (folder / STATE_NAME).write_text(json.dumps({"step": step}) + "\n")
-            for old in sorted((self.output / CHECKPOINTS).glob("step_*"))[: -self.cfg.keep_checkpoints]:
+            (tmp / STATE_NAME).write_text(json.dumps({"step": step}) + "\n")
+            shutil.rmtree(folder, ignore_errors=True)  # a checkpoint of the same step from an earlier run
+            os.replace(tmp, folder)
+            complete = sorted(p for p in (self.output / CHECKPOINTS).glob("step_*") if not p.name.endswith(".tmp"))
+            for old in complete[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 

@@ -18,8 +18,10 @@ prints where everything went.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +49,22 @@ class Pretraining:
     items_per_sample: int = 1  # items the decoder makes of one sample (repeated augmentation)
 
 
+def output_folder(path: str | Path, *, flag: str = "--output") -> Path:
+    """``path`` as a folder this run can write into, created if needed, for command lines: a
+    file in the way, or a folder that cannot be created or written, ends the program with one
+    line saying so."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise SystemExit(f"error: {flag} {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: {flag} {folder}: cannot be created ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: {flag} {folder}: not writable")
+    return folder
+
+
 def open_shards(specs: list[str], modality: str, *, flag: str = "--shards") -> list[ShardSet]:
     """``resolve_shards`` of each, for command lines: shards that cannot be found or hold
     another modality end the program with one line saying so."""
@@ -60,6 +78,7 @@ def run_pretraining(modality: str, config_cls: type, build: Callable[[Any], Pret
     spec = MODALITIES[modality]
     head, _, rest = doc.partition("\n\n")
     cfg = parse_config(config_cls, argv, description=head, epilog=rest)
+    output_folder(cfg.output)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     shards = open_shards(cfg.shards, modality)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
