@@ -52,11 +52,12 @@ def loader_rate(shards, decode, workers: int, batches: int, batch_size: int = 4)
     return rate
 
 
-def bytes_per_rank(shards, world: int, workers: int, batch_size: int = 4) -> list[int]:
-    """Bytes each rank's workers read in one padded epoch (workers run in turn, in-process)."""
+def bytes_per_rank(shards, world: int, workers: int, *, verify: bool, batch_size: int = 4) -> list[int]:
+    """Bytes each rank's workers read in one padded epoch (workers run in turn, in-process).
+    ``verify``: each shard opened is first hashed whole (its manifest's sha256)."""
     read = []
     for rank in range(world):
-        stream = ShardStream(shards, lambda raw, rng: {}, rank=rank, world_size=world, epochs=1, pad_to=batch_size)
+        stream = ShardStream(shards, lambda raw, rng: {}, rank=rank, world_size=world, epochs=1, pad_to=batch_size, verify=verify)
         remote.BYTES_READ.clear()
         for worker in range(workers):
             for _ in stream.slot_items(worker, workers):
@@ -90,15 +91,17 @@ def main() -> None:
         print(f"  2 workers / 1 worker: {two / one:.2f}x")
 
         print("\nbytes read per rank in one exact epoch (2 workers per rank, padded to batch 4)")
-        print(f"  {'ranks':>5} {'rank':>4} {'read kB':>9} {'share kB':>9} {'excess (shards)':>16}")
+        print(f"  {'ranks':>5} {'rank':>4} {'read kB':>9} {'share kB':>9} {'excess (shards)':>16} {'verified kB':>12}")
         worst = 0.0
         for world in (1, 2, 3, 4):
             share = sum(sizes) / world
-            for rank, nbytes in enumerate(bytes_per_rank(shards, world, 2)):
+            plain, verified = (bytes_per_rank(shards, world, 2, verify=v) for v in (False, True))
+            for rank, (nbytes, checked) in enumerate(zip(plain, verified)):
                 excess = (nbytes - share) / max(sizes)
                 worst = max(worst, excess)
-                print(f"  {world:>5} {rank:>4} {nbytes / 1e3:9.0f} {share / 1e3:9.0f} {excess:16.2f}")
+                print(f"  {world:>5} {rank:>4} {nbytes / 1e3:9.0f} {share / 1e3:9.0f} {excess:16.2f} {checked / 1e3:12.0f}")
         print(f"  largest excess over a rank's share: {worst:.2f} shard ({'within' if worst <= 1 else 'OVER'} the one-shard bound)")
+        print("  (verified: each shard a rank opens is also hashed whole first, the cost of --verify-shards)")
 
 
 if __name__ == "__main__":

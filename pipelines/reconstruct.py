@@ -31,8 +31,9 @@ from modalmae.train.recipe import open_shards
 
 
 def find_sample(shards: str, key: str | None, spec: ModalitySpec) -> dict:
-    for url in open_shards([shards], spec.name)[0].urls:
-        for sample in iter_shard(url):
+    found = open_shards([shards], spec.name)[0]
+    for url in found.urls:
+        for sample in iter_shard(url, checksum=found.checksums.get(url)):
             if key is None or sample["__key__"] == key:
                 return sample
     raise SystemExit(f"error: no sample {'with key ' + key + ' ' if key else ''}in {shards}")

@@ -97,7 +97,9 @@ def test_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
 
     recipe = load_script("recipes/audio_mae.py")
     run = tmp_path / "run"
-    args = ["--shards", str(out), "--output", str(run), "--max-steps", "3", *TRAIN_ARGS]
+    # Unverified: the shard's sha256 would refuse it whole (tests/streaming/test_untrusted_shards.py);
+    # here the decoder meets the corrupt sample itself.
+    args = ["--shards", str(out), "--output", str(run), "--max-steps", "3", "--no-verify-shards", *TRAIN_ARGS]
     args[args.index("--batch-size") + 1] = "2"
     assert recipe.main(args) == 0
     metrics = read_metrics(run)

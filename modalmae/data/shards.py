@@ -16,6 +16,9 @@ every R-th shard of the epoch's order and its workers every W-th of those.
 Resampled mode: each slot draws whole shards with replacement, from a generator seeded by
 (seed, rank, worker), without end.
 
+A manifest is data: the shards it names are checked (``remote.shard_url``: no ``pipe:``, nothing
+outside its folder), and their checksums travel with the pieces, to be verified when read.
+
 No rank opens, let alone decodes, data of another rank's share beyond those boundary shards.
 (``Accelerator.prepare`` on an iterable dataset would instead dispatch every batch from rank 0,
 or make every rank read the whole stream and keep 1/n; webdataset's default node splitter
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from modalmae.data.remote import is_remote, iter_shard, join_url, open_url
+from modalmae.data.remote import Checksum, is_remote, iter_shard, open_url, shard_url
 from modalmae.formats.schema import MANIFEST_NAME, SHARD_PATTERN
 
 __all__ = ["Piece", "ShardSet", "exact_pieces", "iter_shard", "resampled_pieces", "resolve_shards"]
@@ -51,6 +54,7 @@ class ShardSet:
     sizes: dict[str, int] = field(default_factory=dict)  # url -> samples in it
     modality: str | None = None
     name: str = ""  # what the user named it (the spec), for messages and per-source metrics
+    checksums: dict[str, Checksum] = field(default_factory=dict)  # url -> its bytes' sha256, from the manifest
 
     @property
     def has_sizes(self) -> bool:
@@ -58,20 +62,24 @@ class ShardSet:
 
 
 def _from_manifest(location: str, spec: str) -> ShardSet:
-    """A manifest file or URL; its shard names are relative to it unless they are URLs."""
+    """A manifest file or URL; its shard names are relative to it, or data sources' URLs."""
     try:
         with open_url(location) as f:
             manifest = json.loads(f.read())
         shards = manifest["shards"]
-    except (OSError, ValueError, KeyError) as e:
+        names = [s["name"] for s in shards]
+        num_samples, sizes = int(manifest["num_samples"]), [int(s["num_samples"]) for s in shards]
+        checksums = [Checksum(s["sha256"], int(s["bytes"])) if "sha256" in s else None for s in shards]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{location}: not a readable modalmae manifest ({type(e).__name__}: {e})") from e
-    urls = [join_url(location, s["name"]) for s in shards]
+    urls = [shard_url(location, name) for name in names]
     return ShardSet(
         urls=urls,
-        num_samples=int(manifest["num_samples"]),
-        sizes={u: int(s["num_samples"]) for u, s in zip(urls, shards)},
+        num_samples=num_samples,
+        sizes=dict(zip(urls, sizes)),
         modality=manifest.get("modality"),
         name=spec,
+        checksums={u: c for u, c in zip(urls, checksums) if c is not None},
     )
 
 
@@ -137,9 +145,11 @@ class Piece:
     url: str
     skip: int = 0
     take: int | None = None
+    checksum: Checksum | None = None  # the whole shard's, from its manifest
 
-    def read(self) -> Iterator[dict]:
-        return iter_shard(self.url, skip=self.skip, take=self.take)
+    def read(self, *, verify: bool = True) -> Iterator[dict]:
+        """The samples; with ``verify`` and a checksum, only once the whole shard matches it."""
+        return iter_shard(self.url, skip=self.skip, take=self.take, checksum=self.checksum if verify else None)
 
 
 def epoch_order(urls: list[str], *, epoch: int, seed: int, shuffle: bool = True) -> list[str]:
@@ -154,7 +164,7 @@ def exact_pieces(shards: ShardSet, *, epoch: int, seed: int, rank: int, world_si
     """What (rank, worker) reads in ``epoch`` in exact mode (see the module docstring)."""
     order = epoch_order(shards.urls, epoch=epoch, seed=seed, shuffle=shuffle)
     if not shards.has_sizes:
-        return [Piece(u) for u in order[rank::world_size][worker::num_workers]]
+        return [Piece(u, checksum=shards.checksums.get(u)) for u in order[rank::world_size][worker::num_workers]]
     total = sum(shards.sizes[u] for u in order)
     slot, num_slots = rank * num_workers + worker, world_size * num_workers
     start, end = slot * total // num_slots, (slot + 1) * total // num_slots
@@ -163,7 +173,7 @@ def exact_pieces(shards: ShardSet, *, epoch: int, seed: int, rank: int, world_si
         size = shards.sizes[url]
         lo, hi = max(start, offset), min(end, offset + size)
         if lo < hi:
-            pieces.append(Piece(url, lo - offset, hi - lo))
+            pieces.append(Piece(url, lo - offset, hi - lo, shards.checksums.get(url)))
         offset += size
     return pieces
 
@@ -178,7 +188,7 @@ def resampled_pieces(shards: ShardSet, *, seed: int, rank: int, worker: int) -> 
     rng = random.Random(f"{seed}:resampled:{rank}:{worker}")
     while True:
         url = rng.choice(shards.urls)
-        yield Piece(url, 0, shards.sizes.get(url))
+        yield Piece(url, 0, shards.sizes.get(url), shards.checksums.get(url))
 
 
 def shards_per_rank(num_shards: int, *, rank: int, world_size: int) -> int:

@@ -28,6 +28,10 @@ a manifest the samples before the position are read again, though not decoded.
 
 Mixing. Given several shard sets (and weights), each worker draws the source of every item at
 random with those weights; each source keeps its own epochs and positions.
+
+Verification. A shard whose manifest gives its sha256 is checked whole before any of its samples
+is used (``verify=False`` turns this off): a shard that does not match is reported and gives
+none, its samples counted as skipped like those of any unreadable shard.
 """
 
 from __future__ import annotations
@@ -77,12 +81,14 @@ class ShardStream(IterableDataset):
         pad_to: int | None = None,
         items_per_sample: int = 1,
         start: dict | None = None,
+        verify: bool = True,
     ) -> None:
         """``shards``/``decode``: one source, or one decoder per source (or one for all).
         ``weights``: how often each source is drawn (default: in proportion to its samples when
         every manifest gives them, else equally). ``pad_to``: pad each slot's epoch to the same
         multiple of this (the batch size) so every rank runs the same steps; needs manifests.
-        ``start``: a ``StreamPosition.state()`` of this rank to continue from."""
+        ``start``: a ``StreamPosition.state()`` of this rank to continue from. ``verify``: check
+        each shard against its manifest's sha256 (when it has one) before using its samples."""
         super().__init__()
         self.sources = [shards] if isinstance(shards, ShardSet) else list(shards)
         decoders = [decode] * len(self.sources) if callable(decode) else list(decode)
@@ -107,7 +113,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.shuffle_shards, self.epochs = shuffle_buffer, shuffle_shards, epochs
         self.resampled, self.pad_to, self.items_per_sample = resampled, pad_to, items_per_sample
-        self.start = start or {}
+        self.start, self.verify = start or {}, verify
 
     def max_workers(self) -> int:
         """Workers each rank can use: every slot must get at least one sample (or shard)."""
@@ -244,14 +250,15 @@ class ShardStream(IterableDataset):
         """One shuffled pass over ``pieces()``; samples before ``first`` may come out as PASSED."""
         buffer = self.shuffle_buffer if buffer is None else buffer
         passed = _passed_pieces(pieces(), seed, first, buffer) if sizes_known and first > 0 else set()
-        yield from _shuffled(_samples(pieces(), passed), buffer, random.Random(seed))
+        yield from _shuffled(_samples(pieces(), passed, verify=self.verify), buffer, random.Random(seed))
 
 
-def _samples(pieces: Iterable[Piece], passed: set[int]) -> Iterator[dict | _Missing | _Passed]:
-    """Raw samples of each piece in turn; unreadable or short pieces end in MISSING markers.
+def _samples(pieces: Iterable[Piece], passed: set[int], *, verify: bool) -> Iterator[dict | _Missing | _Passed]:
+    """Raw samples of each piece in turn; unreadable, corrupt or short pieces end in MISSING markers.
 
     Python's tarfile treats a header cut short as the end of the archive, so a truncated shard
-    can end silently: the manifest's count is what reveals the missing samples.
+    can end silently: the manifest's count is what reveals the missing samples. A shard failing
+    its checksum (``verify``) gives no sample: all of its piece is MISSING.
     """
     for p, piece in enumerate(pieces):
         if p in passed:
@@ -259,7 +266,7 @@ def _samples(pieces: Iterable[Piece], passed: set[int]) -> Iterator[dict | _Miss
             continue
         count = 0
         try:
-            for sample in piece.read():
+            for sample in piece.read(verify=verify):
                 count += 1
                 yield sample
         except Exception as e:  # noqa: BLE001 - a truncated or unreadable shard is skipped, not fatal

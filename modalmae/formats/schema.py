@@ -3,7 +3,9 @@
 Shards (written by ``pipelines/build_shards.py``)
 -------------------------------------------------
 A shard is a plain POSIX tar ``shard-000000.tar`` holding WebDataset samples: all files of one
-sample share a key (the file name up to its first dot) and sit next to each other.
+sample share a key (the file name up to its first dot) and sit next to each other. Readers take
+only regular files named ``<key>.<ext>`` (``MEMBER_NAME``: a ``sample_key``, no folder, no
+``..``); any other member is skipped and is no sample.
 
 Audio sample (modality ``"audio"``)::
 
@@ -61,7 +63,8 @@ gives the same keys in the same order.
 ``manifest.json`` next to the shards, written last (a folder without one is an unfinished build)::
 
     {"format_version": 1, "modality": "audio" | "video" | "points" | "mri" | "image", "num_samples": int, "total_bytes": int,
-     "shards": [{"name": "shard-000000.tar", "num_samples": int, "bytes": int}, ...],
+     "shards": [{"name": "shard-000000.tar", "num_samples": int, "bytes": int,
+                 "sha256": hex digest of the shard file (verified when streamed; older manifests lack it)}, ...],
      "skipped": [{"path": relative path, "reason": str}, ...],
      "warnings": [{"path": relative path, "warning": str}, ...],  (kept with a caveat)
      "ignored_files": int (files of kinds the modality does not read), "ignored_by_suffix": {suffix: count},
@@ -128,6 +131,10 @@ IMAGE_FORMATS = ("jpg", "png", "webp", "tif", "bmp", "gif")
 MAX_IMAGE_PIXELS = 178_956_970
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# A shard member that is a sample's file: a key as sample_key makes it, then an extension of
+# dot-separated parts (an MRI sequence name may hold spaces; no slash, backslash, control
+# character or empty part).
+MEMBER_NAME = re.compile(r"(?P<key>[A-Za-z0-9_-]+)\.(?P<ext>[^./\\\x00-\x1f]+(?:\.[^./\\\x00-\x1f]+)*)")
 
 
 def sample_key(relative_path: str) -> str:

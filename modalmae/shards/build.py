@@ -107,11 +107,19 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _skip_reason(e: Exception) -> str:
+    """What a failed ``prepare`` says in the manifest; never a bare "MemoryError: "."""
+    reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if isinstance(e, MemoryError):
+        reason += " (preparing this file needed more memory than was free; fewer --workers may help)"
+    return reason
+
+
 def _safe_prepare(prepare: Callable, path: Path, relpath: str, options: Any) -> Sample | Skip:
     try:
         return prepare(path, relpath, options)
     except Exception as e:  # noqa: BLE001 - one bad file must never end the build
-        return Skip(relpath, f"{type(e).__name__}: {e}")
+        return Skip(relpath, _skip_reason(e))
 
 
 def _pool(workers: int, prepare: Callable) -> ProcessPoolExecutor:

@@ -1,12 +1,14 @@
 """Deterministic, atomic WebDataset tar shards.
 
 A shard is a plain tar whose members ``<key>.<ext>`` are grouped by sample (the WebDataset
-layout, see ``modalmae.formats.schema``). Two properties matter downstream:
+layout, see ``modalmae.formats.schema``). Three properties matter downstream:
 
 - Atomic: each shard is written as ``<name>.tmp``, flushed to disk and renamed when complete,
   so an interrupted build never leaves a half shard under a final name.
 - Deterministic: members carry fixed metadata (mtime 0, uid/gid 0, no user names, mode 0444)
   in USTAR headers, so the same samples in the same order give byte-identical shards.
+- Checksummed: the sha256 of each shard's bytes is computed as they are written (no second
+  read) and recorded with the shard, for the manifest; readers verify shards against it.
 
 Written with ``tarfile`` directly: webdataset's ``ShardWriter`` gzips members whose name ends
 in ``.gz`` and stamps the current time.
@@ -14,6 +16,7 @@ in ``.gz`` and stamps the current time.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -54,6 +57,20 @@ def archive_size(member_bytes: int) -> int:
     return -(-(member_bytes + END_OF_ARCHIVE) // RECORD) * RECORD
 
 
+class _Hashing:
+    """A file being written that hashes every byte written through it."""
+
+    def __init__(self, file: io.BufferedWriter) -> None:
+        self.file, self.sha256 = file, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
 class ShardWriter:
     """Writes samples into ``shard-000000.tar``, ``shard-000001.tar``, ... in ``directory``.
 
@@ -68,8 +85,9 @@ class ShardWriter:
             raise ValueError(f"max_count and max_size must be positive, got {max_count} and {max_size}")
         self.directory = Path(directory)
         self.max_count, self.max_size = max_count, max_size
-        self.shards: list[dict] = []  # {"name", "num_samples", "bytes"} of finished shards
+        self.shards: list[dict] = []  # {"name", "num_samples", "bytes", "sha256"} of finished shards
         self._file: io.BufferedWriter | None = None
+        self._hashing: _Hashing | None = None  # what the tar writes through, into _file
         self._tar: tarfile.TarFile | None = None
         self._count = 0
         self._bytes = 0  # members written to the current shard, headers and padding included
@@ -118,7 +136,7 @@ class ShardWriter:
             return
         self._file.close()
         self._tmp_path().unlink(missing_ok=True)
-        self._tar = self._file = None
+        self._tar = self._file = self._hashing = None
 
     def _name(self) -> str:
         return SHARD_PATTERN.format(index=len(self.shards))
@@ -128,7 +146,8 @@ class ShardWriter:
 
     def _start(self) -> None:
         self._file = open(self._tmp_path(), "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+        self._hashing = _Hashing(self._file)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
         self._count = self._bytes = 0
 
     def _finish(self) -> None:
@@ -138,8 +157,11 @@ class ShardWriter:
         self._file.close()
         final = self.directory / self._name()
         os.replace(self._tmp_path(), final)
-        self.shards.append({"name": final.name, "num_samples": self._count, "bytes": final.stat().st_size})
-        self._tar = self._file = None
+        self.shards.append({
+            "name": final.name, "num_samples": self._count, "bytes": final.stat().st_size,
+            "sha256": self._hashing.sha256.hexdigest(),
+        })
+        self._tar = self._file = self._hashing = None
 
 
 def remove_stale(directory: str | os.PathLike, *, keep: set[str]) -> list[str]:

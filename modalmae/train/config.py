@@ -23,6 +23,7 @@ class TrainConfig:
     shards: list[str] = arg(None, "shards to train on: a folder from build_shards.py, its manifest.json, or a brace pattern such as 'shards/x/shard-{000000..000009}.tar'; each may be a URL (https://, s3://, gs://, pipe:CMD). Several sets are mixed (see --weights)", required=True)
     weights: list[float] = arg(None, "how often each shard set of --shards is drawn (default: in proportion to their sample counts)")
     resampled: bool = arg(False, "draw shards with replacement, without epochs, instead of exact epochs (every sample once per epoch)")
+    verify_shards: bool = arg(True, "check each shard against the sha256 its manifest lists before reading it; a shard that fails is reported and its samples skipped")
     output: str = arg("runs/mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/ (the final encoder + tokenizer), reconstruction.png")
     batch_size: int = arg(8, "samples per process per micro-batch")
     grad_accum: int = arg(1, "micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)")

@@ -31,6 +31,7 @@ class Feed:
         stream = ShardStream(
             sources, decode, weights=cfg.weights, rank=self.rank, world_size=self.world, seed=cfg.seed,
             shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, pad_to=cfg.batch_size, items_per_sample=items_per_sample,
+            verify=cfg.verify_shards,
         )
         workers = min(cfg.workers, stream.max_workers())  # what make_loader will use
         position = self._load_position(resume, self._identity(workers)) if resume else None

@@ -1,10 +1,14 @@
-"""ShardWriter: rolling by count and size, fixed member metadata, byte-identical rebuilds, atomicity."""
+"""ShardWriter: rolling by count and size, fixed member metadata, byte-identical rebuilds, atomicity,
+checksums (and the builder's manifest and skip reasons around it)."""
 
+import dataclasses
 import hashlib
 import tarfile
 
 import pytest
 
+from modalmae.shards.build import ShardBuilder, build_shards, prepare_all
+from modalmae.shards.types import Sample
 from modalmae.shards.writer import RECORD, ShardWriter, archive_size, remove_stale
 
 
@@ -100,3 +104,37 @@ def test_remove_stale_touches_only_our_files(tmp_path):
 def test_rejects_bad_limits(tmp_path):
     with pytest.raises(ValueError):
         ShardWriter(tmp_path, max_count=0, max_size=100)
+
+
+def test_each_shard_records_the_sha256_of_its_bytes(tmp_path):
+    shards = write(tmp_path / "a", SAMPLES, max_count=3, max_size=10**9)
+    assert [s["sha256"] for s in shards] == [digest(tmp_path / "a" / s["name"]) for s in shards]
+
+
+@dataclasses.dataclass
+class NoOptions:
+    pass
+
+
+def test_build_shards_puts_the_checksums_in_the_manifest(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(5):
+        (tmp_path / "in" / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    def prepare(path, relpath, options):
+        return Sample(files={"bin": path.read_bytes()}, meta={"source": relpath})
+
+    builder = ShardBuilder(name="test", extensions=frozenset({".bin"}), options=NoOptions, prepare=prepare)
+    manifest = build_shards(
+        builder=builder, input_dir=tmp_path / "in", output_dir=tmp_path / "out", max_count=2, workers=1, progress=False
+    )
+    assert len(manifest["shards"]) == 3
+    assert [s["sha256"] for s in manifest["shards"]] == [digest(tmp_path / "out" / s["name"]) for s in manifest["shards"]]
+
+
+def test_an_exception_without_a_message_still_gives_a_reason():
+    def prepare(path, relpath, options):
+        raise {"a": MemoryError(), "b": KeyError(), "c": ValueError("bad header")}[relpath]
+
+    reasons = [s.reason for s in prepare_all(prepare, [(None, "a"), (None, "b"), (None, "c")], None, workers=1)]
+    assert reasons[0].startswith("MemoryError (") and "more memory" in reasons[0]
+    assert reasons[1:] == ["KeyError", "ValueError: bad header"]

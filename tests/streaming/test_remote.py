@@ -1,7 +1,9 @@
 """Shards over http, pipe: and fsspec URLs, with retries and clear read errors."""
 
 import functools
+import hashlib
 import http.server
+import json
 import threading
 
 import pytest
@@ -55,7 +57,7 @@ def test_read_errors_name_the_url_and_the_cause(server, monkeypatch):
     with pytest.raises(ShardReadError, match=r"missing\.tar: HTTPError.*404.*3 attempt"):
         list(iter_shard(url + "missing.tar"))
     with pytest.raises(ShardReadError, match="exited with status 3"):
-        list(iter_shard("pipe:echo oops >&2; exit 3"))
+        list(iter_shard("pipe:sh -c 'echo oops >&2; exit 3'"))  # no shell unless the command names one
 
 
 def test_pipe_and_fsspec_urls_read_the_same_samples(tmp_path):
@@ -64,3 +66,17 @@ def test_pipe_and_fsspec_urls_read_the_same_samples(tmp_path):
     piped = [s["__key__"] for s in iter_shard(f"pipe:cat {folder}/shard-000000.tar", skip=1, take=3)]
     via_fsspec = [s["__key__"] for s in iter_shard(f"file://{folder}/shard-000000.tar", skip=1, take=3)]
     assert local == piped == via_fsspec == ["s00001", "s00002", "s00003"]
+
+
+def test_verified_http_shards_are_retried_and_verified(server, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    url, folder = server
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        entry["sha256"] = hashlib.sha256((folder / entry["name"]).read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shards = resolve_shards(url)
+    assert sorted(shards.checksums) == shards.urls
+    items = take(ShardStream(shards, decode, epochs=1, shuffle_buffer=1, shuffle_shards=False), 10)
+    assert [int(i["value"]) for i in items] == list(range(10))
+    assert len(FlakyHandler.failed) == 3  # each shard's first download failed, the second was verified
