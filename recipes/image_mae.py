@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from modalmae.data.image import ImageDecoder
+from modalmae.formats.schema import MAX_IMAGE_PIXELS
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.image import ImagePatches
 from modalmae.train.config import PretrainConfig, arg
@@ -33,6 +34,7 @@ class ImageMAEConfig(PretrainConfig):
     patch_size: int = arg(16, "square patch size in pixels (16 gives 14 x 14 = 196 tokens at 224)")
     min_scale: float = arg(0.2, "smallest share of the image area a training crop covers (MAE: 0.2)")
     flip: bool = arg(True, "random horizontal flips")
+    max_pixels: int = arg(MAX_IMAGE_PIXELS, "skip images whose header declares more pixels, before decoding them (as build_shards.py's flag)")
 
 
 def build(cfg: ImageMAEConfig) -> Pretraining:
@@ -41,7 +43,7 @@ def build(cfg: ImageMAEConfig) -> Pretraining:
 
     return Pretraining(
         model=MaskedAutoencoder(tokenizer, model_cfg),
-        decode=ImageDecoder(image_size=cfg.input_size, min_scale=cfg.min_scale, flip=cfg.flip),
+        decode=ImageDecoder(image_size=cfg.input_size, min_scale=cfg.min_scale, flip=cfg.flip, max_pixels=cfg.max_pixels),
         extra={"image": {"min_scale": cfg.min_scale}},
     )
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from modalmae.data.mri import MRIDecoder
+from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS
 from modalmae.masking import Masks, dirichlet_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.volume import VolumePatches
@@ -45,11 +46,16 @@ class MRIMAEConfig(PretrainConfig):
     dirichlet_alpha: float = arg(1.0, "concentration of the Dirichlet split of the visible tokens among sequences (MultiMAE: 1)")
     four_d: str = arg("split", "4-D files (fMRI, diffusion): each volume an image of its own, or volume t of sequence s as sequence s_t", choices=("split", "channels"))
     flip: bool = arg(True, "random flips along each axis (the same for every sequence)")
+    max_voxels: int = arg(MAX_VOXELS, "skip volumes whose header declares more voxels, before reading them (2^27 = 512^3; as build_shards.py's flag)")
+    max_nifti_bytes: int = arg(MAX_BYTES, "skip NIfTI files whose header declares more bytes once decompressed, before inflating them")
     norm_pix_loss: bool = arg(False, "normalize each target patch by its own mean and std (BM-MAE: off; intensities are z-scored per sequence)")
 
 
 def build(cfg: MRIMAEConfig) -> Pretraining:
-    decode = MRIDecoder(sequences=cfg.sequences, spacing=cfg.spacing, crop=cfg.crop, flip=cfg.flip, four_d=cfg.four_d)
+    decode = MRIDecoder(
+        sequences=cfg.sequences, spacing=cfg.spacing, crop=cfg.crop, flip=cfg.flip, four_d=cfg.four_d,
+        max_voxels=cfg.max_voxels, max_bytes=cfg.max_nifti_bytes,
+    )
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)
     tokenizer = VolumePatches(embed_dim=model_cfg.encoder_dim, sequences=cfg.sequences, volume_size=cfg.crop, patch_size=cfg.patch_size)
     per_sequence = tokenizer.tokens_per_sequence

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from modalmae.data.points import PointDecoder
+from modalmae.formats.schema import MAX_POINTS
 from modalmae.masking import Masks, block_masking, random_masking
 from modalmae.model import POINTMAE_DECODERS, PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.points import PointGroups
@@ -43,6 +44,7 @@ class PointMAEConfig(PretrainConfig):
     sampling: str = arg("random", "how --num-points are taken from a bigger cloud", choices=("random", "fps"))
     loss: str = arg("chamfer_l2", "Chamfer distance on the masked groups: squared (L2, Point-MAE) or not (L1)", choices=("chamfer_l2", "chamfer_l1"))
     augment: bool = arg(True, "Point-MAE's random per-axis scale (2/3 to 3/2) and shift (+-0.2)")
+    max_points: int = arg(MAX_POINTS, "skip clouds of more points, refused from the .npy header before reading (as build_shards.py's flag)")
     fast_grouping: bool = arg(True, "group with fpsample + scipy cKDTree in the loader when installed (same groups as the torch code)")
 
 
@@ -51,7 +53,7 @@ def build(cfg: PointMAEConfig) -> Pretraining:
         raise SystemExit("error: --norm-pix-loss does not apply to point groups (the loss is a Chamfer distance)")
     decode = PointDecoder(
         num_points=cfg.num_points, num_groups=cfg.num_groups, group_size=cfg.group_size, sampling=cfg.sampling,
-        augment=cfg.augment, fast=None if cfg.fast_grouping else False,
+        augment=cfg.augment, fast=None if cfg.fast_grouping else False, max_points=cfg.max_points,
     )
     model_cfg = PRESETS[cfg.model](norm_pix_loss=False, **POINTMAE_DECODERS.get(cfg.model, {}))
     tokenizer = PointGroups(embed_dim=model_cfg.encoder_dim, num_groups=cfg.num_groups, group_size=cfg.group_size, loss=cfg.loss)

@@ -32,7 +32,8 @@ def read_window(data: bytes, *, seconds: float, rng: random.Random | None) -> tu
     """Decode ``seconds`` of audio from a random start (or the start, when rng is None).
 
     Returns float32 [channels, samples] and the file's sample rate. Shorter files come back
-    whole; the frontend pads them.
+    whole; the frontend pads them. A NaN or inf sample in the window is a ValueError (the
+    stream skips the sample), not a NaN loss.
     """
     with sf.SoundFile(io.BytesIO(data)) as f:
         want = math.ceil(seconds * f.samplerate)
@@ -43,6 +44,8 @@ def read_window(data: bytes, *, seconds: float, rng: random.Random | None) -> tu
         wave = f.read(min(want, f.frames - start), dtype="float32", always_2d=True)
         if wave.shape[0] == 0:
             raise ValueError("no audio samples decoded")
+        if bad := wave.size - np.count_nonzero(np.isfinite(wave)):
+            raise ValueError(f"{bad} sample(s) in the window are NaN or inf")
         return wave.T, f.samplerate
 
 

@@ -15,6 +15,10 @@ training one volume drawn per visit, so an epoch stays one item per subject; in 
 in ``sequences``).
 
 Output items: ``{"volume": float32 [S, X, Y, Z], "present": bool [S], "label": str | None}``.
+
+Shards may come from anywhere, so every entry is held to the builder's bounds again: a header
+declaring more than ``max_voxels`` voxels or ``max_bytes`` bytes is refused before a voxel is
+read, and a NaN or infinite voxel (as float32) makes the sample a skip, not a poisoned batch.
 """
 
 from __future__ import annotations
@@ -26,23 +30,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modalmae.formats.nifti import load_nifti
+from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS, load_nifti
 
 
 def _triple(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value, value)
 
 
-def decode_sequences(sample: dict) -> dict[str, tuple[np.ndarray, tuple[float, float, float]]]:
-    """{sequence: (RAS array [X, Y, Z] or [X, Y, Z, T] float32, voxel spacing)} of a raw sample."""
+def decode_sequences(
+    sample: dict, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES,
+) -> dict[str, tuple[np.ndarray, tuple[float, float, float]]]:
+    """{sequence: (RAS array [X, Y, Z] or [X, Y, Z, T] float32, voxel spacing)} of a raw sample;
+    ValueError for an entry over the limits (``formats.nifti.load_nifti``) or not finite."""
     import nibabel as nib
 
     out = {}
     for ext, data in sample.items():
         if ext.startswith("__") or not (ext.endswith(".nii") or ext.endswith(".nii.gz")):
             continue
-        img = nib.as_closest_canonical(load_nifti(data))
-        out[ext.split(".", 1)[0]] = (np.asarray(img.dataobj, dtype=np.float32), tuple(float(z) for z in img.header.get_zooms()[:3]))
+        try:
+            img = nib.as_closest_canonical(load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes))
+        except ValueError as e:
+            raise ValueError(f"{ext}: {e}") from None
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is what the check below finds
+            volume = np.asarray(img.dataobj, dtype=np.float32)
+        if bad := volume.size - np.count_nonzero(np.isfinite(volume)):
+            raise ValueError(f"{ext}: {bad} voxel(s) are NaN or inf (as float32)")
+        out[ext.split(".", 1)[0]] = (volume, tuple(float(z) for z in img.header.get_zooms()[:3]))
     return out
 
 
@@ -95,11 +109,14 @@ class MRIDecoder:
         crop: int | tuple[int, int, int] = 128,
         flip: bool = True,
         four_d: str = "split",
+        max_voxels: int = MAX_VOXELS,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         if four_d not in ("split", "channels"):
             raise ValueError(f"four_d must be 'split' or 'channels', got {four_d!r}")
         self.sequences, self.spacing, self.crop = list(sequences), tuple(float(v) for v in _triple(spacing)), _triple(crop)
         self.flip, self.four_d = flip, four_d
+        self.max_voxels, self.max_bytes = max_voxels, max_bytes
 
     @classmethod
     def from_checkpoint(cls, config: dict, *, train: bool) -> MRIDecoder:
@@ -154,7 +171,7 @@ class MRIDecoder:
         return {"volume": volume, "present": present}
 
     def __call__(self, sample: dict, rng: random.Random | None) -> list[dict]:
-        decoded = decode_sequences(sample)
+        decoded = decode_sequences(sample, max_voxels=self.max_voxels, max_bytes=self.max_bytes)
         meta = json.loads(sample["json"]) if "json" in sample else {}
         if not decoded:
             raise ValueError("no NIfTI entry in this sample")

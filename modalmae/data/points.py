@@ -6,6 +6,10 @@ point sampling; clouds with fewer points are sampled with replacement), centres 
 scales them into the unit sphere, then applies Point-MAE's ``PointcloudScaleAndTranslate``
 (per-axis scale in [2/3, 3/2], shift in [-0.2, 0.2]). The groups the tokenizer needs are formed
 here, in the DataLoader worker, where the CPU fast paths (fpsample, cKDTree) apply.
+
+A sample's ``.npy`` header is checked before its array is allocated (numpy allocates the
+declared shape first): at most ``max_points`` points, and no more data than the bytes hold. A
+NaN or inf coordinate (as float32) is a ValueError, so the stream skips the sample.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import random
 import numpy as np
 import torch
 
+from modalmae.formats.arrays import check_point_header
+from modalmae.formats.schema import MAX_POINTS
 from modalmae.tokenizers.points import fps_fast, fps_torch, group_points
-
 
 def fast_paths_available() -> bool:
     try:
@@ -29,14 +34,16 @@ def fast_paths_available() -> bool:
     return True
 
 
-def load_cloud(data: bytes) -> np.ndarray:
-    """float32 [M, 3] xyz from ``.npy`` bytes (never unpickles)."""
-    array = np.load(io.BytesIO(data), allow_pickle=False)
-    if array.ndim != 2 or array.shape[1] < 3 or array.shape[0] == 0:
-        raise ValueError(f"expected a [N, 3+] point array, got shape {array.shape}")
-    xyz = np.ascontiguousarray(array[:, :3], dtype=np.float32)
-    if not np.isfinite(xyz).all():
-        raise ValueError("point coordinates contain NaN or inf")
+def load_cloud(data: bytes, *, max_points: int = MAX_POINTS) -> np.ndarray:
+    """float32 [M, 3] xyz from ``.npy`` bytes (never unpickles); the header is checked first."""
+    stream = io.BytesIO(data)
+    check_point_header(stream, max_points=max_points, available=len(data))
+    stream.seek(0)
+    array = np.lib.format.read_array(stream, allow_pickle=False)  # [M, 3 + C]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is what the check below finds
+        xyz = np.ascontiguousarray(array[:, :3], dtype=np.float32)
+    if bad := int((~np.isfinite(xyz)).any(axis=1).sum()):
+        raise ValueError(f"{bad} point(s) with NaN or inf coordinates (as float32)")
     return xyz
 
 
@@ -69,14 +76,14 @@ class PointDecoder:
 
     def __init__(
         self, *, num_points: int = 1024, num_groups: int = 64, group_size: int = 32, sampling: str = "random",
-        augment: bool = True, fast: bool | None = None,
+        augment: bool = True, fast: bool | None = None, max_points: int = MAX_POINTS,
     ) -> None:
         if sampling not in ("random", "fps"):
             raise ValueError(f"unknown point sampling {sampling!r}: random or fps")
         if num_points < max(num_groups, group_size):
             raise ValueError(f"{num_points} points cannot form {num_groups} groups of {group_size}")
         self.num_points, self.num_groups, self.group_size = num_points, num_groups, group_size
-        self.sampling, self.augment = sampling, augment
+        self.sampling, self.augment, self.max_points = sampling, augment, max_points
         self.fast = fast_paths_available() if fast is None else fast
 
     @classmethod
@@ -91,7 +98,7 @@ class PointDecoder:
         )
 
     def __call__(self, sample: dict, rng: random.Random) -> dict:
-        points = load_cloud(sample["npy"])
+        points = load_cloud(sample["npy"], max_points=self.max_points)
         np_rng = np.random.default_rng(rng.getrandbits(64))
         points = normalize(choose_points(points, self.num_points, rng=np_rng, sampling=self.sampling, fast=self.fast))
         if self.augment:

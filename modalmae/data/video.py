@@ -13,6 +13,12 @@ flip; ImageNet normalization. Output clips are float32 [C, T, H, W].
 
 Backends: PyAV (default, bundles FFmpeg); decord and torchcodec behind the same function when
 installed (``--video-backend``).
+
+Bounded before decoding: the frame size is read from the container header and a frame of more
+than ``max_pixels`` refused (ValueError: the stream skips the sample) before any backend
+decodes one, so a clip holds at most K x T frames of ``max_pixels`` as uint8 (16 x 25 MB at
+4K), and the float copy is made of the crop only. PyAV also holds every decoded frame to the
+limit (a stream may change size mid-way) and decodes at most ``max_frames`` frames per sample.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modalmae.formats.schema import VIDEO_FORMATS
+from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES, VIDEO_FORMATS
 from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
 
 SCALES = (1.0, 0.875, 0.75, 0.66)
+# The builder's defaults (modalmae.shards.video: --max-frame-pixels, --max-frames).
 
 
 def video_field(sample: dict) -> str:
@@ -78,13 +85,28 @@ def probe_pyav(data: bytes) -> tuple[int, float]:
         return _frame_count(stream), _frame_rate(stream)
 
 
-def _collect(data: bytes, wanted: list[int], *, seek: bool) -> tuple[dict[int, np.ndarray], tuple | None]:
+def frame_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the video stream from the container header; nothing is decoded."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        context = container.streams.video[0].codec_context
+        return context.width, context.height
+
+
+def check_frame_size(width: int, height: int, max_pixels: int, what: str = "frames") -> None:
+    """Refuse frames above ``max_pixels`` (an 8192 x 8192 RGB frame is 200 MB, 800 MB as float)."""
+    if width * height > max_pixels:
+        raise ValueError(f"too large: {what} of {width} x {height} = {width * height} pixels, more than max_pixels {max_pixels}")
+
+
+def _collect(data: bytes, wanted: list[int], *, seek: bool, max_pixels: int, max_frames: int) -> tuple[dict[int, np.ndarray], tuple | None]:
     """Frames at the sorted indices ``wanted`` (those the stream has), and the last frame decoded
     as (index, frame); from the keyframe before the first wanted one (``seek``) or the start."""
     import av
 
     frames: dict[int, np.ndarray] = {}
-    last = None
+    last, decoded = None, 0
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -93,6 +115,10 @@ def _collect(data: bytes, wanted: list[int], *, seek: bool) -> tuple[dict[int, n
         if seek:
             container.seek(start + int(round(wanted[0] / fps / base)), stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
+            check_frame_size(frame.width, frame.height, max_pixels, what="a decoded frame")
+            decoded += 1
+            if decoded > max_frames:
+                raise ValueError(f"too long: more than max_frames {max_frames} frames decoded before reaching frame {wanted[-1]}")
             if frame.pts is None:
                 continue
             index = int(round(float((frame.pts - start) * base) * fps))
@@ -104,14 +130,16 @@ def _collect(data: bytes, wanted: list[int], *, seek: bool) -> tuple[dict[int, n
     return frames, last
 
 
-def decode_pyav(data: bytes, indices: list[int]) -> np.ndarray:
+def decode_pyav(data: bytes, indices: list[int], *, max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = MAX_FRAMES) -> np.ndarray:
     """uint8 [N, H, W, 3] frames at ``indices`` (any order, repeats allowed), decoding only from
     the keyframe before the first wanted frame up to the last one. Where a container's seek
-    overshoots (or finds nothing, as in MPEG-TS without an index), it decodes from the start."""
+    overshoots (or finds nothing, as in MPEG-TS without an index), it decodes from the start.
+    ValueError for a frame above ``max_pixels``, or past ``max_frames`` frames decoded."""
     wanted = sorted(set(indices))
-    frames, last = _collect(data, wanted, seek=wanted[0] > 0)
+    limits = {"max_pixels": max_pixels, "max_frames": max_frames}
+    frames, last = _collect(data, wanted, seek=wanted[0] > 0, **limits)
     if wanted[0] > 0 and (last is None or min(frames, default=last[0]) > wanted[0]):
-        frames, last = _collect(data, wanted, seek=False)
+        frames, last = _collect(data, wanted, seek=False, **limits)
     if last is None:
         raise ValueError("no frame decoded")
     if last[0] < wanted[-1] and last[0] not in frames:
@@ -170,15 +198,16 @@ def make_clip(frames: np.ndarray, *, crop_size: int, rng: random.Random | None, 
     """uint8 [T, H, W, 3] -> normalized float32 [3, T, crop, crop].
 
     With rng: multi-scale crop + optional flip; without (evaluation): centre crop of the short side.
+    Cropped before the float conversion, so only the crop is ever float.
     """
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(255)  # [C, T, H, W]
-    _, _, height, width = video.shape
+    _, height, width, _ = frames.shape
     if rng is not None:
         top, left, h, w = multiscale_crop_box(height, width, rng)
     else:
         h = w = min(height, width)
         top, left = (height - h) // 2, (width - w) // 2
-    video = video[:, :, top : top + h, left : left + w]
+    crop = torch.from_numpy(frames[:, top : top + h, left : left + w])  # uint8 [T, h, w, C]
+    video = crop.permute(3, 0, 1, 2).float().div_(255)  # [C, T, h, w]
     video = F.interpolate(video, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
     if rng is not None and flip and rng.random() < 0.5:
         video = video.flip(-1)
@@ -192,12 +221,13 @@ class VideoDecoder:
 
     def __init__(
         self, *, num_frames: int = 16, stride: int = 4, crop_size: int = 224, clips_per_video: int = 1,
-        flip: bool = True, backend: str = "pyav", train: bool = True,
+        flip: bool = True, backend: str = "pyav", train: bool = True, max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = MAX_FRAMES,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose from {', '.join(BACKENDS)}")
         self.num_frames, self.stride, self.crop_size = num_frames, stride, crop_size
         self.clips_per_video, self.flip, self.backend, self.train = clips_per_video, flip, backend, train
+        self.max_pixels, self.max_frames = max_pixels, max_frames
 
     @classmethod
     def from_checkpoint(cls, config: dict, *, train: bool, sampling_rate: int | None = None) -> VideoDecoder:
@@ -208,14 +238,21 @@ class VideoDecoder:
         stride = sampling_rate or config.get("extra", {}).get("video", {}).get("sampling_rate", 4)
         return cls(num_frames=tok["num_frames"], stride=stride, crop_size=tok["image_size"][0], train=train, flip=train)
 
+    def decode(self, data: bytes, indices: list[int]) -> np.ndarray:
+        """uint8 [N, H, W, 3] by the backend; PyAV's decoding is bounded frame by frame too."""
+        if self.backend == "pyav":
+            return decode_pyav(data, indices, max_pixels=self.max_pixels, max_frames=self.max_frames)
+        return BACKENDS[self.backend](data, indices)
+
     def __call__(self, sample: dict, rng: random.Random) -> list[dict]:
         data = sample[video_field(sample)]
+        check_frame_size(*frame_size(data), self.max_pixels)  # before any backend decodes a frame
         meta = json.loads(sample["json"]) if "json" in sample else {}
         total = meta.get("frames") or probe_pyav(data)[0]
         crop_rng = rng if self.train else None
         clips = [clip_indices(total, num_frames=self.num_frames, stride=self.stride, rng=crop_rng) for _ in range(self.clips_per_video)]
         union = sorted({i for clip in clips for i in clip})
-        frames = BACKENDS[self.backend](data, union)
+        frames = self.decode(data, union)  # [len(union), H, W, 3]
         where = {index: row for row, index in enumerate(union)}
         return [
             {"video": make_clip(frames[[where[i] for i in clip]], crop_size=self.crop_size, rng=crop_rng, flip=self.flip), "label": meta.get("label")}

@@ -1,18 +1,96 @@
-"""NIfTI volumes from bytes, for the MRI builder (checks) and the MRI loader (decoding)."""
+"""NIfTI volumes from bytes, bounded: for the MRI builder (checks) and the MRI loader (decoding).
+
+NIfTI-1 and NIfTI-2 files, either byte order, plain or gzipped. The header is read first and
+its declared size checked before any voxel is: a 1 MB ``.nii.gz`` can inflate to gigabytes, so
+gzip is inflated incrementally and never past what the header declares (extra bytes after the
+voxels are left compressed, as nibabel would ignore them).
+"""
 
 from __future__ import annotations
 
-import gzip
+import math
+import struct
+import zlib
 
 NIFTI1_HEADER_BYTES = 348
+NIFTI2_HEADER_BYTES = 540
+# Voxels in one file, a 4-D series counting all of its volumes: 2^27 = 512^3 (a 512 MiB float32
+# array once decoded); a clinical or research volume is a few million.
+MAX_VOXELS = 2**27
+# Bytes a file may inflate to (header, extensions and voxels): 2 GiB, a float64 volume of
+# MAX_VOXELS with room to spare. Bounds what a crafted vox_offset or dtype could ask for.
+MAX_BYTES = 2**31
+GZIP_MAGIC = b"\x1f\x8b"
+INPUT_SLICE = 1 << 16  # compressed bytes handed to zlib at a time
 
 
-def load_nifti(data: bytes):
-    """A nibabel image from the bytes of a .nii or .nii.gz (told apart by the gzip magic)."""
+class VolumeTooLarge(ValueError):
+    """The header declares more voxels or bytes than allowed; refused before reading them."""
+
+
+def inflate(data: bytes, size: int) -> bytes:
+    """The first ``size`` bytes of gzip ``data`` (one or more members), or all of them when it
+    holds fewer. Nothing past ``size`` is inflated and the input is fed in slices, so memory
+    stays within ``size`` plus a slice, whatever the file would grow to."""
+    view, pos, chunks, got = memoryview(data), 0, [], 0
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    while got < size and pos < len(view):
+        piece = view[pos : pos + INPUT_SLICE]
+        try:
+            chunk = inflater.decompress(piece, size - got)  # max_length: never more than still wanted
+        except zlib.error as e:
+            raise ValueError(f"corrupt gzip stream ({e})") from None
+        chunks.append(chunk)
+        got += len(chunk)
+        pos += len(piece) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+        if inflater.eof:  # a member ends: another may follow
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    return b"".join(chunks)
+
+
+def _image_class(head: bytes):
+    """nibabel's NIfTI-1 or NIfTI-2 image class, told by sizeof_hdr (348 or 540, either byte order)."""
     import nibabel as nib
 
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    if len(data) < NIFTI1_HEADER_BYTES:
-        raise ValueError(f"{len(data)} bytes: too short for a NIfTI header")
-    return nib.Nifti1Image.from_bytes(data)
+    classes = {NIFTI1_HEADER_BYTES: nib.Nifti1Image, NIFTI2_HEADER_BYTES: nib.Nifti2Image}
+    sizes = {struct.unpack(order + "i", head[:4])[0] for order in "<>"}
+    found = sizes & classes.keys()
+    if not found:
+        raise ValueError(f"not a NIfTI file: sizeof_hdr is {struct.unpack('<i', head[:4])[0]} (NIfTI-1: 348, NIfTI-2: 540)")
+    return classes[found.pop()]
+
+
+def load_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
+    """A nibabel image from the bytes of a .nii or .nii.gz (told apart by the gzip magic).
+
+    ``VolumeTooLarge`` when the header declares more than ``max_voxels`` voxels or more than
+    ``max_bytes`` bytes to read, before any voxel is inflated or decoded; ``ValueError`` for a
+    file too short for what its header declares.
+    """
+    from nibabel.spatialimages import HeaderDataError
+
+    gzipped = data[:2] == GZIP_MAGIC
+    head = inflate(data, NIFTI2_HEADER_BYTES) if gzipped else data[:NIFTI2_HEADER_BYTES]
+    if len(head) < NIFTI1_HEADER_BYTES:
+        raise ValueError(f"{len(head)} bytes: too short for a NIfTI header")
+    klass = _image_class(head)
+    if len(head) < klass.header_class.sizeof_hdr:
+        raise ValueError(f"{len(head)} bytes: too short for a NIfTI-2 header")
+    try:
+        header = klass.header_class(binaryblock=head[: klass.header_class.sizeof_hdr], check=False)
+        shape, itemsize, offset = header.get_data_shape(), header.get_data_dtype().itemsize, header.get_data_offset()
+    except (HeaderDataError, KeyError, ValueError) as e:  # KeyError: an unknown datatype code
+        raise ValueError(f"bad NIfTI header ({type(e).__name__}: {e})") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"bad NIfTI header: negative dimensions {list(shape)}")
+    voxels = math.prod(shape)
+    if voxels > max_voxels:
+        raise VolumeTooLarge(f"too large: {' x '.join(map(str, shape))} = {voxels} voxels, more than max_voxels {max_voxels}")
+    size = offset + voxels * itemsize  # all that nibabel reads
+    if size > max_bytes:
+        raise VolumeTooLarge(f"too large: the header declares {size} bytes (header, extensions, voxels), more than max_bytes {max_bytes}")
+    if gzipped:
+        data = inflate(data, size)
+    if len(data) < size:
+        raise ValueError(f"truncated: the header declares {size} bytes, the file holds {len(data)}")
+    return klass.from_bytes(data)

@@ -129,6 +129,10 @@ IMAGE_FORMATS = ("jpg", "png", "webp", "tif", "bmp", "gif")
 # Images declaring more pixels are refused before decoding: Pillow's own decompression-bomb
 # limit (2 x PIL.Image.MAX_IMAGE_PIXELS), above which Pillow will not open a file anyway.
 MAX_IMAGE_PIXELS = 178_956_970
+# Limits the builder (flags of the same names) and the loaders (keyword arguments) share.
+MAX_FRAME_PIXELS = 3840 * 2160  # video: 4K UHD, 25 MB a decoded RGB frame
+MAX_FRAMES = 108_000  # video: an hour at 30 fps (the loader: frames decoded for one sample)
+MAX_POINTS = 10_000_000  # a dense scan; Point-MAE trains on 1024 of them
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # A shard member that is a sample's file: a key as sample_key makes it, then an extension of

@@ -11,7 +11,9 @@ Follows the Audio-MAE data setup: one clip per sample, decoded later into a Kald
 - ``Options(transcode=True)`` stores every sample as mono 16-bit FLAC at one sample rate
   (downmix by averaging the channels, resampling with FFmpeg's swresample through PyAV).
 
-Decoding streams in blocks, so a long recording never sits in memory as float samples.
+Decoding streams in blocks, so a long recording never sits in memory as float samples. A NaN or
+infinite sample (a float WAV can hold them) is caught as the blocks stream by and skips the
+file: one would make every loss NaN from the step that draws it.
 The builder (``modalmae.shards.build``) calls ``prepare`` once per file, in a worker process.
 """
 
@@ -128,6 +130,16 @@ def av_blocks(data: bytes) -> Iterator[tuple[np.ndarray, int]]:
             yield out.to_ndarray().T, out.sample_rate
 
 
+def finite_blocks(blocks: Iterator[tuple[np.ndarray, int]]) -> Iterator[tuple[np.ndarray, int]]:
+    """``blocks`` passed on until one holds a NaN or inf sample, then ``Unusable`` with the count
+    over the rest of the file; no such block reaches an encoder or a resampler."""
+    for block, rate in blocks:
+        if bad := block.size - np.count_nonzero(np.isfinite(block)):
+            bad += sum(rest.size - np.count_nonzero(np.isfinite(rest)) for rest, _ in blocks)
+            raise Unusable(f"{bad} sample(s) are NaN or inf")
+        yield block, rate
+
+
 def _av_message(e: Exception) -> str:
     # FFmpegError's str() carries the errno and a file name ('<none>' for memory): keep the text.
     return getattr(e, "strerror", None) or str(e)
@@ -197,6 +209,7 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         return Skip(relpath, "empty file")
     try:
         blocks, fmt = open_blocks(data, path.suffix.lower())
+        blocks = finite_blocks(blocks)  # on the decoded samples, before resampling smears one NaN over many
         if options.transcode:
             blocks, fmt = mono_resampled(blocks, options.sample_rate), None
         rate = channels = frames = 0

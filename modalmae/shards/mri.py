@@ -8,12 +8,15 @@ Subjects are found from the folder layout, or from a CSV (``subject,sequence,pat
 - ``<subject>/<sequence>.nii.gz`` (e.g. ``mni152/t1.nii.gz``, ``mni152/gm.nii.gz``);
 - a file at the top level without ``_``: a subject of its own, sequence ``--default-sequence``.
 
-Every volume is decoded in full. An unreadable volume is left out of its subject (which stays
-valid with that sequence missing; the manifest lists it under ``warnings``). Sequences may
-differ in resolution (the loader resamples each to the target spacing) but must cover the same
-box in the same directions once reoriented to RAS (to a voxel); a subject whose sequences do
-not is skipped with the boxes in the reason: aligning them needs a registration this tool does
-not guess. The bytes are stored as they are (``<sequence>.nii`` or
+Every volume is decoded in full, after its header's size is checked: a file declaring more than
+``max_voxels`` voxels (all volumes of a 4-D series together) or inflating to more than
+``max_nifti_bytes`` is refused before a voxel is read; so is a volume with a NaN or infinite
+voxel once scaled and cast to float32, as the loader reads it. An unreadable or refused volume
+is left out of its subject (which stays valid with that sequence missing; the manifest lists
+it under ``warnings``). Sequences may differ in resolution (the loader resamples each to the
+target spacing) but must cover the same box in the same directions once reoriented to RAS (to
+a voxel); a subject whose sequences do not is skipped with the boxes in the reason: aligning
+them needs a registration this tool does not guess. The bytes are stored as they are (``<sequence>.nii`` or
 ``<sequence>.nii.gz``; our writer does not re-compress), the json records each sequence's shape,
 voxel spacing and orientation.
 
@@ -37,8 +40,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from modalmae.flags import arg
-from modalmae.formats.nifti import load_nifti
+from modalmae.flags import arg, positive_int
+from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS, VolumeTooLarge, load_nifti
+from modalmae.formats.schema import MEMBER_NAME
 from modalmae.shards.build import ShardBuilder, suffix_of
 from modalmae.shards.types import Sample, Skip
 
@@ -54,6 +58,8 @@ class Options:
     subjects_csv: str | None = arg(None, "CSV with columns subject,sequence,path (path relative to --input) instead of the folder layout", metavar="CSV")
     default_sequence: str = arg("t1", "sequence name of a lone .nii file at the top of --input", metavar="NAME")
     grid_tolerance: float = arg(1e-3, "mm: largest affine difference between a subject's sequences", flag=False)
+    max_voxels: int = arg(MAX_VOXELS, "leave out volumes whose header declares more voxels (a 4-D file: all its volumes), before reading them (2^27 = 512^3)", type=positive_int, metavar="N")
+    max_nifti_bytes: int = arg(MAX_BYTES, "leave out NIfTI files whose header declares more bytes once decompressed (header, extensions, voxels), before inflating them", type=positive_int, metavar="BYTES")
 
 
 @dataclass
@@ -140,8 +146,9 @@ def find_jobs(root: Path, options: Options) -> tuple[list[tuple[Subject, str]], 
     return [(subjects[s], s) for s in sorted(subjects)], ignored
 
 
-def dicom_series_to_nifti(folder: Path) -> bytes:
-    """A folder of single-frame DICOM slices of one series -> gzipped NIfTI bytes (RAS affine)."""
+def dicom_series_to_nifti(folder: Path, *, max_voxels: int = MAX_VOXELS) -> bytes:
+    """A folder of single-frame DICOM slices of one series -> gzipped NIfTI bytes (RAS affine);
+    refused above ``max_voxels`` from the slices' Rows and Columns, before any pixel is decoded."""
     try:
         import pydicom
     except ImportError as e:
@@ -154,6 +161,9 @@ def dicom_series_to_nifti(folder: Path) -> bytes:
         raise ValueError(f"{len(series)} series in one folder: give each its own folder")
     if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in slices):
         raise ValueError("multi-frame (enhanced) DICOM is not read: convert it with dcm2niix")
+    voxels = sum(int(ds.Rows) * int(ds.Columns) for ds in slices)
+    if voxels > max_voxels:
+        raise VolumeTooLarge(f"too large: {len(slices)} slices of {voxels} voxels in all, more than --max-voxels {max_voxels}")
     orientation = np.array(slices[0].ImageOrientationPatient, dtype=np.float64)
     row_dir, col_dir = orientation[:3], orientation[3:]  # along a row (columns grow), down a column (rows grow)
     normal = np.cross(row_dir, col_dir)
@@ -174,16 +184,22 @@ def dicom_series_to_nifti(folder: Path) -> bytes:
     return gzip.compress(nib.Nifti1Image(volume, affine).to_bytes(), mtime=0)
 
 
-def describe(data: bytes) -> tuple[dict, np.ndarray, tuple[int, ...]]:
+def describe(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES) -> tuple[dict, np.ndarray, tuple[int, ...]]:
     """(json record, RAS affine, RAS 3-D shape) of one volume, decoded in full to check it."""
     import nibabel as nib
 
-    img = load_nifti(data)
+    try:
+        img = load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)
+    except VolumeTooLarge as e:
+        raise VolumeTooLarge(str(e).replace("max_voxels", "--max-voxels").replace("max_bytes", "--max-nifti-bytes")) from None
     if img.ndim not in (3, 4):
         raise ValueError(f"{img.ndim}-D image: expected a 3-D volume or a 4-D series of volumes")
-    values = np.asanyarray(img.dataobj)
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        raise ValueError("holds NaN or infinite voxels")
+    # What the loader trains on: scaled by scl_slope / scl_inter and cast to float32, where an
+    # integer volume with a huge slope, or a float64 one, can overflow to inf.
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is what the check below finds
+        values = np.asarray(img.dataobj, dtype=np.float32)
+    if bad := values.size - np.count_nonzero(np.isfinite(values)):
+        raise ValueError(f"{bad} voxel(s) are NaN or inf (as float32)")
     canonical = nib.as_closest_canonical(img)
     record = {
         "shape": [int(n) for n in img.shape],
@@ -224,13 +240,13 @@ def grid_mismatch(a: tuple, b: tuple, *, tolerance: float) -> str | None:
 def prepare(subject: Subject, relpath: str, options: Options) -> Sample | Skip:
     files, records, grids, problems = {}, {}, {}, list(subject.problems)
     for sequence in sorted(subject.files):
-        if "." in sequence or "/" in sequence:
-            problems.append(f"{subject.relpaths[sequence]}: sequence name {sequence!r} has a '.' or '/'")
+        if not MEMBER_NAME.fullmatch(f"k.{sequence}.nii") or "." in sequence:  # its entry must be a name readers take
+            problems.append(f"{subject.relpaths[sequence]}: sequence name {sequence!r} is empty or has a '.', '/', '\\' or control character")
             continue
         try:
             path = subject.files[sequence]
-            data = dicom_series_to_nifti(path) if path.is_dir() else path.read_bytes()
-            record, affine, shape = describe(data)
+            data = dicom_series_to_nifti(path, max_voxels=options.max_voxels) if path.is_dir() else path.read_bytes()
+            record, affine, shape = describe(data, max_voxels=options.max_voxels, max_bytes=options.max_nifti_bytes)
             if path.is_dir():
                 record["converted_from"] = "dicom"
         except Exception as e:  # noqa: BLE001 - one bad volume leaves its sequence out, not the subject

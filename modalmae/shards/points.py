@@ -7,20 +7,28 @@ A ``.ply`` with faces is a mesh too. Meshes become ``mesh_points`` points by are
 surface sampling, seeded from the file's relative path so rebuilds are identical.
 
 Each sample stores ``<key>.npy``: float32 [N, 3 + C], xyz first, then the extra columns the
-json names (normals, colours scaled to [0, 1], intensities, ...). Clouds with NaN / inf, no
-points, all points equal or fewer than ``min_points`` (one Point-MAE group) are skipped.
+json names (normals, colours scaled to [0, 1], intensities, ...). Skipped, with the reason:
+clouds with no points, all points equal or fewer than ``min_points`` (one Point-MAE group); a
+NaN or inf in any stored column, checked after the float32 cast (so a coordinate that overflows
+float32 counts); more than ``max_points`` points or ``MAX_COLUMNS`` columns, refused from the
+header, before the data is read, where the format declares them (.npy / .npz array headers,
+PLY element counts, PCD ``POINTS``): a small file may declare billions of points, and an .npz
+member or an ASCII PLY is allocated at its declared size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from modalmae.flags import arg, positive_int
+from modalmae.formats.arrays import Refused, check_cloud_size, check_point_header
+from modalmae.formats.schema import MAX_POINTS
 from modalmae.shards.build import ShardBuilder
 from modalmae.shards.types import Sample, Skip
 
@@ -38,6 +46,7 @@ class Options:
 
     mesh_points: int = arg(8192, "meshes (.off .obj .stl, .ply with faces) become N points sampled on their surface, by area", type=positive_int, metavar="N")
     min_points: int = arg(32, "skip clouds with fewer points (32: one Point-MAE group)", type=positive_int, metavar="N")
+    max_points: int = arg(MAX_POINTS, "skip clouds with more points and meshes with more vertices or faces; refused from the header, before reading, where the format declares a count (.npy .npz .ply .pcd)", type=positive_int, metavar="N")
 
 
 class Unusable(ValueError):
@@ -56,13 +65,23 @@ def read_array(array: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return array, _generic(array.shape[1])
 
 
-def read_npz(data: bytes) -> tuple[np.ndarray, list[str]]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-        names = list(archive.keys())
+def read_npy(data: bytes, max_points: int) -> tuple[np.ndarray, list[str]]:
+    check_point_header(io.BytesIO(data), max_points=max_points, available=len(data), flag="--max-points")
+    return read_array(np.lib.format.read_array(io.BytesIO(data), allow_pickle=False))
+
+
+def read_npz(data: bytes, max_points: int) -> tuple[np.ndarray, list[str]]:
+    """The cloud of an .npz; its member is deflated, so its header is checked before inflating it."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+        names = list(members)
         pick = next((n for n in NPZ_NAMES if n in names), names[0] if len(names) == 1 else None)
         if pick is None:
             raise Unusable(f"no array named {'/'.join(NPZ_NAMES)} among {names}")
-        return read_array(archive[pick])
+        with archive.open(members[pick]) as member:
+            check_point_header(member, max_points=max_points, flag="--max-points")
+        with archive.open(members[pick]) as member:
+            return read_array(np.lib.format.read_array(member, allow_pickle=False))
 
 
 def read_text(data: bytes, suffix: str) -> tuple[np.ndarray, list[str]]:
@@ -80,7 +99,7 @@ PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I
              ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
 
 
-def read_pcd(data: bytes) -> tuple[np.ndarray, list[str]]:
+def read_pcd(data: bytes, max_points: int) -> tuple[np.ndarray, list[str]]:
     """Point Cloud Library's format: a text header, then ASCII or binary rows."""
     header, pos = {}, 0
     while True:
@@ -101,6 +120,7 @@ def read_pcd(data: bytes) -> tuple[np.ndarray, list[str]]:
         dtype = np.dtype([(f, PCD_TYPES[(t, s)], (c,)) if c > 1 else (f, PCD_TYPES[(t, s)]) for f, s, t, c in zip(fields, sizes, types, counts)])
     except (KeyError, ValueError) as e:
         raise Unusable(f"bad PCD header ({e})") from e
+    check_cloud_size(points, len(fields), max_points=max_points, flag="--max-points")
     mode = header["DATA"][0].lower()
     if mode == "ascii":
         rows = np.loadtxt(io.BytesIO(data[pos:]), ndmin=2)
@@ -116,6 +136,23 @@ def read_pcd(data: bytes) -> tuple[np.ndarray, list[str]]:
     extra = [f for f, c in zip(fields, counts) if f not in ("x", "y", "z") and c == 1]
     array = np.stack([np.asarray(table[f], dtype=np.float64) for f in ("x", "y", "z", *extra)], axis=1)
     return array, ["x", "y", "z", *extra]
+
+
+def check_ply_header(data: bytes, max_points: int) -> None:
+    """Check the element counts and properties a PLY header declares, from its text alone:
+    plyfile allocates an ASCII file's elements at their declared count before reading them."""
+    end = data.find(b"end_header")
+    if end < 0:
+        raise Unusable("PLY header has no end_header line")
+    elements: list[list] = []  # [name, count, properties]
+    for line in data[:end].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if words[:1] == ["element"] and len(words) == 3:
+            elements.append([words[1], int(words[2]), 0])
+        elif words[:1] == ["property"] and elements:
+            elements[-1][2] += 1
+    for name, count, properties in elements:
+        check_cloud_size(count, properties, max_points=max_points, flag="--max-points", what=f"{name} elements in the PLY header")
 
 
 def vertex_columns(vertex) -> tuple[np.ndarray, list[str]]:
@@ -152,16 +189,17 @@ def read_file(data: bytes, suffix: str, relpath: str, options: Options) -> tuple
     """(array [N, 3 + C], column names, mesh face count or None)."""
     seed = int.from_bytes(hashlib.sha1(relpath.encode()).digest()[:8], "little")
     if suffix == ".npy":
-        return (*read_array(np.load(io.BytesIO(data), allow_pickle=False)), None)
+        return (*read_npy(data, options.max_points), None)
     if suffix == ".npz":
-        return (*read_npz(data), None)
+        return (*read_npz(data, options.max_points), None)
     if suffix in (".xyz", ".pts", ".txt"):
         return (*read_text(data, suffix), None)
     if suffix == ".pcd":
-        return (*read_pcd(data), None)
+        return (*read_pcd(data, options.max_points), None)
     if suffix == ".ply":
         import plyfile
 
+        check_ply_header(data, options.max_points)
         ply = plyfile.PlyData.read(io.BytesIO(data))
         if "vertex" not in ply:
             raise Unusable("PLY has no vertex element")
@@ -175,6 +213,8 @@ def read_file(data: bytes, suffix: str, relpath: str, options: Options) -> tuple
     mesh = trimesh.load(io.BytesIO(data), file_type=suffix.lstrip("."), force="mesh", process=False)
     if len(mesh.faces) == 0:
         raise Unusable("mesh has no faces")
+    check_cloud_size(len(mesh.vertices), 3, max_points=options.max_points, flag="--max-points", what="mesh vertices")  # trimesh read them from text: bounded by the file
+    check_cloud_size(len(mesh.faces), 3, max_points=options.max_points, flag="--max-points", what="mesh faces")
     return sample_surface(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces), options.mesh_points, seed), ["x", "y", "z"], len(mesh.faces)
 
 
@@ -184,21 +224,29 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         return Skip(relpath, "empty file")
     try:
         array, columns, faces = read_file(data, path.suffix.lower(), relpath, options)
-    except Unusable as e:
+    except (Unusable, Refused) as e:
         return Skip(relpath, str(e))
     except Exception as e:  # noqa: BLE001 - any reader failure is a reason to skip, not to stop
         return Skip(relpath, f"not a readable point cloud ({type(e).__name__}: {e})")
-    xyz = array[:, :3]
     if len(array) == 0:
         return Skip(relpath, "no points")
-    if not np.isfinite(xyz).all():
-        return Skip(relpath, f"{int((~np.isfinite(xyz)).any(axis=1).sum())} point(s) with NaN or inf coordinates")
+    try:
+        check_cloud_size(*array.shape, max_points=options.max_points, flag="--max-points")
+    except (Unusable, Refused) as e:
+        return Skip(relpath, str(e))
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is what the check below finds
+        stored = np.ascontiguousarray(array, dtype=np.float32)  # [N, 3 + C]: what the loader reads
+    finite = np.isfinite(stored)
+    if not finite.all():
+        bad = [c for c, ok in zip(columns, finite.all(axis=0)) if not ok]
+        return Skip(relpath, f"{int((~finite).any(axis=1).sum())} point(s) with NaN or inf (as float32) in {' '.join(bad)}")
+    xyz = stored[:, :3]
     if (xyz == xyz[0]).all():
         return Skip(relpath, "degenerate: all points are equal")
     if len(array) < options.min_points:
         return Skip(relpath, f"only {len(array)} points, fewer than --min-points {options.min_points}")
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    np.save(buf, stored, allow_pickle=False)
     meta = {
         "source": relpath, "format": path.suffix.lower().lstrip("."), "num_points": len(array), "columns": columns,
         "bounds": {"min": xyz.min(axis=0).astype(float).round(6).tolist(), "max": xyz.max(axis=0).astype(float).round(6).tolist()},

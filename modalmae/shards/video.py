@@ -11,7 +11,12 @@ Transcoding is opt-in (``short_side`` and/or ``keyframe_interval``): H.264 in MP
 scaled to ``short_side`` (VideoMAE uses 320 for Kinetics), a keyframe every
 ``keyframe_interval`` frames (short intervals make the loader's seeks cheap). ``extract_audio``
 adds the first audio track as a 16 kHz mono FLAC entry of the same sample, so audio-visual
-training needs no re-sharding.
+training needs no re-sharding (a track with a NaN or inf sample is left out, with a warning).
+
+Bounded before decoding: a frame larger than ``max_frame_pixels`` (from the stream's width and
+height; every decoded frame is held to it too, since a stream may change size mid-way) or a
+file declaring more than ``max_frames`` frames is skipped before a frame is decoded, and
+decoding stops, skipping the file, once more than ``max_frames`` frames have decoded.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from pathlib import Path
 import av
 
 from modalmae.flags import arg, positive_int
-from modalmae.shards.audio import FlacSink, Unusable, av_blocks, mono_resampled
+from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES
+from modalmae.shards.audio import FlacSink, Unusable, av_blocks, finite_blocks, mono_resampled
 from modalmae.shards.build import ShardBuilder
 from modalmae.shards.types import Sample, Skip
 
@@ -50,6 +56,8 @@ class Options:
     crf: int = arg(23, "x264 quality when re-encoding, lower is better and bigger")
     extract_audio: bool = arg(False, "also store each video's first audio track as a mono FLAC entry of the same sample, at --sample-rate (for audio-visual training later)")
     sample_rate: int = arg(16000, "sample rate of audio --transcode and of video --extract-audio (Audio-MAE: 16000)", type=positive_int, metavar="HZ")
+    max_frame_pixels: int = arg(MAX_FRAME_PIXELS, "skip videos whose frames have more pixels (width x height; 3840 x 2160 = 4K), refused from the stream header before decoding", type=positive_int, metavar="N")
+    max_frames: int = arg(MAX_FRAMES, "skip videos of more frames (108000: an hour at 30 fps), refused from the header's count before decoding or once more decode", type=positive_int, metavar="N")
 
     @property
     def transcode(self) -> bool:
@@ -72,14 +80,24 @@ def entry_name(container_format: str, suffix: str) -> str:
     raise Unusable(f"a {container_format} stream, not a video container (FFmpeg read it as such)")
 
 
-def probe(data: bytes) -> dict:
-    """Header facts and the count of frames that actually decode (and the error that stopped it)."""
+def check_frame_size(width: int, height: int, max_pixels: int, what: str = "frames") -> None:
+    """Refuse frames above ``max_pixels`` (an 8192 x 8192 RGB frame is 200 MB decoded)."""
+    if width * height > max_pixels:
+        raise Unusable(f"too large: {what} of {width} x {height} = {width * height} pixels, more than --max-frame-pixels {max_pixels}")
+
+
+def probe(data: bytes, *, max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = MAX_FRAMES) -> dict:
+    """Header facts and the count of frames that actually decode (and the error that stopped it);
+    ``Unusable`` above the limits, from the header before decoding where it tells."""
     with av.open(io.BytesIO(data)) as container:
         if not container.streams.video:
             raise Unusable("no video stream" + (" (audio only)" if container.streams.audio else ""))
         stream = container.streams.video[0]
         if stream.codec_context.width < 1 or stream.codec_context.height < 1:
             raise Unusable("video stream without a picture size")
+        check_frame_size(stream.codec_context.width, stream.codec_context.height, max_pixels)
+        if (stream.frames or 0) > max_frames:
+            raise Unusable(f"too long: the header declares {stream.frames} frames, more than --max-frames {max_frames}")
         rate = stream.average_rate or stream.guessed_rate
         info = {
             "container": container.format.name,
@@ -89,8 +107,11 @@ def probe(data: bytes) -> dict:
         }
         decoded, error = 0, None
         try:
-            for _ in container.decode(stream):
+            for frame in container.decode(stream):
+                check_frame_size(frame.width, frame.height, max_pixels, what=f"frame {decoded}")
                 decoded += 1
+                if decoded > max_frames:
+                    raise Unusable(f"too long: more than --max-frames {max_frames} frames decode")
         except av.FFmpegError as e:
             error = _message(e)
     info.update(decoded_frames=decoded, error=error)
@@ -130,13 +151,11 @@ def transcode(data: bytes, *, short_side: int | None, keyframe_interval: int | N
 
 
 def extract_audio(data: bytes, sample_rate: int) -> bytes | None:
-    """The first audio track as mono FLAC at ``sample_rate``, or None when there is none."""
+    """The first audio track as mono FLAC at ``sample_rate`` (None when it has no samples);
+    ``Unusable`` when there is no audio stream or a sample is NaN or inf."""
     sink = FlacSink()
-    try:
-        for block, rate in mono_resampled(av_blocks(data), sample_rate):
-            sink.write(block, rate)
-    except Unusable:
-        return None
+    for block, rate in mono_resampled(finite_blocks(av_blocks(data)), sample_rate):
+        sink.write(block, rate)
     return sink.close() if sink.frames else None
 
 
@@ -145,7 +164,7 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
     if not data:
         return Skip(relpath, "empty file")
     try:
-        info = probe(data)
+        info = probe(data, max_pixels=options.max_frame_pixels, max_frames=options.max_frames)
     except Unusable as e:
         return Skip(relpath, str(e))
     except av.FFmpegError as e:
@@ -175,15 +194,21 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         "duration": round(decoded / fps, 6) if fps else None, "codec": "h264" if options.transcode else info["codec"],
         "source_codec": info["codec"], "has_audio": info["has_audio"], "transcoded": options.transcode,
     }
+    warnings = []
     if partial:
         meta.update(partial=True, partial_reason=why)
+        warnings.append(f"partial: {why}, kept")
     files = {fmt: stored}
     if options.extract_audio and info["has_audio"]:
-        audio = extract_audio(data, options.sample_rate)
+        try:
+            audio = extract_audio(data, options.sample_rate)
+        except Unusable as e:
+            audio = None
+            warnings.append(f"audio track left out: {e}")
         if audio is not None:
             files["flac"] = audio
             meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1}
-    return Sample(files=files, meta=meta, warning=f"partial: {why}, kept" if partial else None)
+    return Sample(files=files, meta=meta, warning="; ".join(warnings) or None)
 
 
 BUILDER = ShardBuilder(name=NAME, extensions=EXTENSIONS, options=Options, prepare=prepare)

@@ -143,6 +143,19 @@ def test_dicom_series_become_sequences(tmp_path):
     assert zooms == (3.0, 3.0, 3.0) and np.array_equal(array, expected * 2 - 10)  # same voxels, same place, rescaled
 
 
+def test_a_dicom_series_over_max_voxels_is_refused_before_its_pixels_are_decoded(tmp_path):
+    pytest.importorskip("pydicom")
+    import nibabel as nib
+
+    write_dicom_series(nib.load(ICBM / "t1.nii.gz"), tmp_path / "raw" / "patient" / "t1")
+    manifest = build_shards(
+        builder=mri.BUILDER, input_dir=tmp_path / "raw", output_dir=tmp_path / "out", options=mri.Options(max_voxels=300_000),
+        workers=1, progress=False,
+    )
+    (skip,) = manifest["skipped"]
+    assert skip["reason"] == "no readable volume: patient/t1: VolumeTooLarge: too large: 63 slices of 324324 voxels in all, more than --max-voxels 300000"
+
+
 def test_two_files_for_one_sequence(tmp_path):
     raw = tmp_path / "raw" / "sub"
     raw.mkdir(parents=True)
@@ -152,3 +165,17 @@ def test_two_files_for_one_sequence(tmp_path):
     (warning,) = manifest["warnings"]
     assert "sub/t1.nii: sub/sub_t1.nii.gz already gives sequence 't1'" in warning["warning"]
     assert manifest["num_samples"] == 1
+
+
+def test_a_sequence_name_readers_would_not_take_is_left_out(tmp_path):
+    raw = tmp_path / "raw" / "sub"
+    raw.mkdir(parents=True)
+    shutil.copy(ICBM / "t1.nii.gz", raw / "sub_t1.nii.gz")
+    shutil.copy(ICBM / "gm.nii.gz", raw / "sub_.nii.gz")  # an empty sequence name
+    shutil.copy(ICBM / "wm.nii.gz", raw / "sub_w\\m.nii.gz")  # a backslash
+    manifest = build_shards(builder=mri.BUILDER, input_dir=raw.parent, output_dir=tmp_path / "out", workers=1, progress=False)
+    (warning,) = manifest["warnings"]
+    assert warning["warning"].count("is empty or has a '.', '/', '\\' or control character") == 2
+    samples, _ = read_shards(tmp_path / "out")
+    (sample,) = samples.values()
+    assert sorted(k for k in sample if k != "json") == ["t1.nii.gz"]
