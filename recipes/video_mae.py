@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from modalmae.data.video import BACKENDS, VideoDecoder
-from modalmae.formats.schema import MAX_FRAME_PIXELS
+from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
@@ -45,12 +45,14 @@ class VideoMAEConfig(PretrainConfig):
     flip: bool = arg(True, "random horizontal flips (turn off for direction-sensitive data such as SSv2)")
     video_backend: str = arg("pyav", "decoder: pyav (bundled FFmpeg), decord or torchcodec (if installed)", choices=tuple(BACKENDS))
     max_frame_pixels: int = arg(MAX_FRAME_PIXELS, "skip videos whose frames have more pixels, before decoding them (3840 x 2160 = 4K; as build_shards.py's flag)")
+    max_frames: int = arg(MAX_FRAMES, "skip a video once decoding one sample's clips takes more frames than this (keyframes far apart)")
 
 
 def build(cfg: VideoMAEConfig) -> Pretraining:
     decode = VideoDecoder(
         num_frames=cfg.num_frames, stride=cfg.sampling_rate, crop_size=cfg.input_size,
         clips_per_video=cfg.repeated_aug, flip=cfg.flip, backend=cfg.video_backend, max_pixels=cfg.max_frame_pixels,
+        max_frames=cfg.max_frames,
     )
     # VideoMAE's decoder (4 blocks, narrower than MAE's) for the standard sizes.
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **VIDEOMAE_DECODERS.get(cfg.model, {}))
