@@ -175,3 +175,31 @@ def test_reconstruct_given_a_file_it_cannot_read_says_so(tmp_path, capsys):
         reconstruct.main(["--checkpoint", str(bad), "--file", str(AUDIO / "arctic_a0007.wav")])
     assert stop.value.code == 2
     assert "weights.pth" in capsys.readouterr().err
+
+
+def test_kill_9_mid_run_loses_no_log_line_and_the_rerun_finishes(shards, tmp_path):
+    """A real SIGKILL at whatever moment the run is at (perhaps mid-save): the key log holds
+    every step trained, and --resume latest finishes the run with each step logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    run = tmp_path / "run"
+    command = [sys.executable, str(REPO / "recipes" / "audio_mae.py"), "--shards", str(shards), "--output", str(run),
+               "--save-every", "2", "--log-keys", *ARGS]
+    process = subprocess.Popen([*command, "--max-steps", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 9) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    logged = [line["step"] for line in read_lines(run / "keys" / "rank0.jsonl")]
+    assert logged == list(range(1, len(logged) + 1)) and len(logged) >= 9  # flushed step by step
+    assert subprocess.run([*command, "--max-steps", str(len(logged) + 3), "--resume", "latest"], capture_output=True).returncode == 0
+    final = len(logged) + 3
+    assert [m["step"] for m in read_lines(metrics)] == list(range(1, final + 1))
+    assert [line["step"] for line in read_lines(run / "keys" / "rank0.jsonl")] == list(range(1, final + 1))
