@@ -48,3 +48,40 @@ def read_shards(folder) -> tuple[dict[str, dict[str, bytes]], list[str]]:
                 assert ext not in samples.setdefault(key, {}), f"{m.name} twice"
                 samples[key][ext] = tar.extractfile(m).read()
     return samples, order
+
+
+def moving_bar(path, fmt: str, *, codec: str = "mpeg4", frames: int = 12):
+    """A short 64 x 48 clip of a white bar moving right, encoded with PyAV; returns ``path``."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            picture = np.zeros((48, 64, 3), np.uint8)
+            picture[:, 4 * i : 4 * i + 8] = 255
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def huge_video() -> bytes:
+    """A real 8192 x 8192 video of 2 frames (QuickTime Animation, grey: 670 kB, made in 0.2 s);
+    decoded as 16-frame RGB float clips it would ask for 16 x 8192^2 x 3 x 4 bytes = 12.9 GB."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mov") as out:
+        stream = out.add_stream("qtrle", rate=2)
+        stream.width = stream.height = 8192
+        stream.pix_fmt = "gray"
+        frame = av.VideoFrame(8192, 8192, "gray")
+        frame.planes[0].update(bytes(frame.planes[0].buffer_size))
+        for pts in range(2):
+            frame.pts = pts
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return buf.getvalue()

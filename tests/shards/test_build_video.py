@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import AUDIO, DATA, load_script, read_shards
+from conftest import AUDIO, DATA, load_script, moving_bar, read_shards
 from modalmae.formats.schema import sample_key
 
 build = load_script("pipelines/build_shards.py")
@@ -125,18 +125,6 @@ def remux(src, dst, fmt):
                 out.mux(packet)
 
 
-def encode(dst, fmt, codec, frames=12):
-    """A short clip of a moving bar, encoded here with PyAV."""
-    with av.open(str(dst), "w", format=fmt) as out:
-        video = out.add_stream(codec, rate=12)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        for i in range(frames):
-            picture = np.zeros((48, 64, 3), np.uint8)
-            picture[:, 4 * i : 4 * i + 8] = 255
-            out.mux(video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
-        out.mux(video.encode())
-
-
 def speech_only(dst, fmt, codec, rate):
     """Real speech alone in a container that usually holds video."""
     wave, sr = sf.read(AUDIO / "arctic_a0007.wav", dtype="float32")
@@ -160,8 +148,8 @@ def test_containers_are_chosen_by_content_not_by_name(tmp_path):
     remux(CLIP, raw / "clip.flv", "flv")
     remux(CLIP, raw / "clip.mkv", "matroska")
     shutil.copy(CLIP, raw / "really_mp4.mkv")  # the name says Matroska, the bytes are MP4
-    encode(raw / "bar.ogv", "ogg", "libvpx")
-    encode(raw / "bar.wmv", "asf", "wmv2")
+    moving_bar(raw / "bar.ogv", "ogg", codec="libvpx")
+    moving_bar(raw / "bar.wmv", "asf", codec="wmv2")
     speech_only(raw / "speech.ogg", "ogg", "libopus", 48000)
     speech_only(raw / "speech.mp4", "mp4", "aac", 16000)
     (raw / "photo.mp4").write_bytes(_png())  # FFmpeg opens it, as a picture

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import AUDIO, DATA, load_script, read_shards
-from modalmae.data import mri as mri_loader
+from conftest import AUDIO, DATA, huge_video, load_script, moving_bar, read_shards
 from modalmae.data import mri as mri_loader
 from modalmae.data import points as points_loader
 from modalmae.data import video as video_loader
@@ -162,46 +161,25 @@ def test_declared_sizes_are_refused_from_the_header(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def huge_video(tmp_path_factory):
-    """A real 8192 x 8192 video of 2 frames (QuickTime Animation, grey: 670 kB, made in 0.2 s)."""
+def huge_video_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("video") / "huge.mov"
-    with av.open(str(path), "w", format="mov") as out:
-        stream = out.add_stream("qtrle", rate=2)
-        stream.width = stream.height = 8192
-        stream.pix_fmt = "gray"
-        frame = av.VideoFrame(8192, 8192, "gray")
-        frame.planes[0].update(bytes(frame.planes[0].buffer_size))
-        for pts in range(2):
-            frame.pts = pts
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
+    path.write_bytes(huge_video())
     return path
 
 
-def moving_bar(path, fmt, frames):
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream("mpeg4", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(frames):
-            picture = np.zeros((48, 64, 3), np.uint8)
-            picture[:, 4 * i : 4 * i + 8] = 255
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
-        out.mux(stream.encode())
-    return path
 
-
-def test_frame_size_is_refused_from_the_stream_header(huge_video):
-    skip = video.prepare(huge_video, "huge.mov", video.Options())
+def test_frame_size_is_refused_from_the_stream_header(huge_video_file):
+    skip = video.prepare(huge_video_file, "huge.mov", video.Options())
     assert skip == Skip("huge.mov", "too large: frames of 8192 x 8192 = 67108864 pixels, more than --max-frame-pixels 8294400")
-    sample = video.prepare(huge_video, "huge.mov", video.Options(max_frame_pixels=8192 * 8192))  # the flag raises it
+    sample = video.prepare(huge_video_file, "huge.mov", video.Options(max_frame_pixels=8192 * 8192))  # the flag raises it
     assert (sample.meta["width"], sample.meta["height"], sample.meta["frames"]) == (8192, 8192, 2)
 
 
 def test_frame_count_is_refused_from_the_header_or_while_decoding(tmp_path):
     options = video.Options(max_frames=10)
-    mp4 = moving_bar(tmp_path / "bar.mp4", "mp4", 12)
+    mp4 = moving_bar(tmp_path / "bar.mp4", "mp4")
     assert video.prepare(mp4, "bar.mp4", options).reason == "too long: the header declares 12 frames, more than --max-frames 10"
-    ts = moving_bar(tmp_path / "bar.ts", "mpegts", 12)  # MPEG-TS states no frame count
+    ts = moving_bar(tmp_path / "bar.ts", "mpegts")  # MPEG-TS states no frame count
     assert video.prepare(ts, "bar.ts", options).reason == "too long: more than --max-frames 10 frames decode"
     assert video.prepare(ts, "bar.ts", video.Options(max_frames=12)).meta["frames"] == 12
 

@@ -9,14 +9,13 @@ import time
 import tracemalloc
 import zlib
 
-import av
 import nibabel as nib
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from conftest import AUDIO, DATA
+from conftest import AUDIO, DATA, huge_video
 from modalmae.data import video as video_loader
 from modalmae.data.audio import read_window
 from modalmae.data.mri import MRIDecoder
@@ -120,23 +119,6 @@ def test_mri_decoder_refuses_large_and_non_finite_volumes():
 
 
 # ----------------------------------------------------------------------------- video
-
-
-def huge_video() -> bytes:
-    """A real 8192 x 8192 video of 2 frames (QuickTime Animation, grey: 670 kB, made in 0.2 s);
-    decoded as 16-frame RGB float clips it would ask for 16 x 8192^2 x 3 x 4 bytes = 12.9 GB."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mov") as out:
-        stream = out.add_stream("qtrle", rate=2)
-        stream.width = stream.height = 8192
-        stream.pix_fmt = "gray"
-        frame = av.VideoFrame(8192, 8192, "gray")
-        frame.planes[0].update(bytes(frame.planes[0].buffer_size))
-        for pts in range(2):
-            frame.pts = pts
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-    return buf.getvalue()
 
 
 def test_the_frame_size_is_refused_before_any_frame_is_decoded(monkeypatch):
