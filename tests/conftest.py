@@ -22,6 +22,15 @@ def audio_dir() -> Path:
     return AUDIO
 
 
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The speech clips of tests/data/audio as audio shards of 2 samples each (8 samples)."""
+    out = tmp_path_factory.mktemp("shards") / "speech"
+    build = load_script("pipelines/build_shards.py")
+    assert build.main(["--modality", "audio", "--input", str(AUDIO), "--output", str(out), "--max-count", "2", "--workers", "1", "--quiet"]) == 0
+    return out
+
+
 def load_script(relative: str):
     """Import a CLI script (pipelines/*.py, recipes/*.py) as a module, to call its main(argv)."""
     import importlib.util

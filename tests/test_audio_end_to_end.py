@@ -22,14 +22,6 @@ TRAIN_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "speech"
-    build = load_script("pipelines/build_shards.py")
-    assert build.main(["--modality", "audio", "--input", str(AUDIO), "--output", str(out), "--max-count", "2", "--workers", "1", "--quiet"]) == 0
-    return out
-
-
 def read_metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -30,14 +30,6 @@ ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "speech"
-    build = load_script("pipelines/build_shards.py")
-    assert build.main(["--modality", "audio", "--input", str(AUDIO), "--output", str(out), "--max-count", "2", "--workers", "1", "--quiet"]) == 0
-    return out
-
-
 class Poisoned:
     """The audio decoder, with NaN in the fbank of the samples whose key contains ``marker``."""
 
