@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS, load_nifti
+from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS, float32_voxels, load_nifti
 
 
 def _triple(value) -> tuple:
@@ -50,12 +50,9 @@ def decode_sequences(
             continue
         try:
             img = nib.as_closest_canonical(load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes))
+            volume = float32_voxels(img)
         except ValueError as e:
             raise ValueError(f"{ext}: {e}") from None
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is what the check below finds
-            volume = np.asarray(img.dataobj, dtype=np.float32)
-        if bad := volume.size - np.count_nonzero(np.isfinite(volume)):
-            raise ValueError(f"{ext}: {bad} voxel(s) are NaN or inf (as float32)")
         out[ext.split(".", 1)[0]] = (volume, tuple(float(z) for z in img.header.get_zooms()[:3]))
     return out
 

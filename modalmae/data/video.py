@@ -37,7 +37,6 @@ from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES, VIDEO_FORMATS
 from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
 
 SCALES = (1.0, 0.875, 0.75, 0.66)
-# The builder's defaults (modalmae.shards.video: --max-frame-pixels, --max-frames).
 
 
 def video_field(sample: dict) -> str:

@@ -12,6 +12,8 @@ import math
 import struct
 import zlib
 
+import numpy as np
+
 NIFTI1_HEADER_BYTES = 348
 NIFTI2_HEADER_BYTES = 540
 # Voxels in one file, a 4-D series counting all of its volumes: 2^27 = 512^3 (a 512 MiB float32
@@ -94,3 +96,14 @@ def load_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MA
     if len(data) < size:
         raise ValueError(f"truncated: the header declares {size} bytes, the file holds {len(data)}")
     return klass.from_bytes(data)
+
+
+def float32_voxels(img) -> np.ndarray:
+    """The voxels as the loader trains on them: scaled by scl_slope / scl_inter and cast to
+    float32, where an integer volume with a huge slope, or a float64 one, can overflow to inf;
+    ValueError when any voxel is NaN or inf."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is what the check below finds
+        values = np.asarray(img.dataobj, dtype=np.float32)
+    if bad := values.size - np.count_nonzero(np.isfinite(values)):
+        raise ValueError(f"{bad} voxel(s) are NaN or inf (as float32)")
+    return values

@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from modalmae.flags import arg, positive_int
-from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS, VolumeTooLarge, load_nifti
+from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS, VolumeTooLarge, float32_voxels, load_nifti
 from modalmae.formats.schema import MEMBER_NAME
 from modalmae.shards.build import ShardBuilder, suffix_of
 from modalmae.shards.types import Sample, Skip
@@ -194,12 +194,7 @@ def describe(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_
         raise VolumeTooLarge(str(e).replace("max_voxels", "--max-voxels").replace("max_bytes", "--max-nifti-bytes")) from None
     if img.ndim not in (3, 4):
         raise ValueError(f"{img.ndim}-D image: expected a 3-D volume or a 4-D series of volumes")
-    # What the loader trains on: scaled by scl_slope / scl_inter and cast to float32, where an
-    # integer volume with a huge slope, or a float64 one, can overflow to inf.
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is what the check below finds
-        values = np.asarray(img.dataobj, dtype=np.float32)
-    if bad := values.size - np.count_nonzero(np.isfinite(values)):
-        raise ValueError(f"{bad} voxel(s) are NaN or inf (as float32)")
+    float32_voxels(img)  # decoded in full, as the loader will, to prove every voxel finite
     canonical = nib.as_closest_canonical(img)
     record = {
         "shape": [int(n) for n in img.shape],
