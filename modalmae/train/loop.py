@@ -268,7 +268,8 @@ class _Run:
                 nonfinite += (~torch.isfinite(loss.detach())).float()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    self.skip = self._nonfinite(nonfinite)
+                    norm = accelerator.clip_grad_norm_(self.model.parameters(), cfg.clip_grad) if cfg.clip_grad > 0 else None
+                    self.skip = self._nonfinite(nonfinite, norm)
                     if not self.skip:
                         self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -289,11 +290,10 @@ class _Run:
             self.metrics.add(step_loss, step_extra)
         self.bar.update(1)
 
-    def _nonfinite(self, nonfinite: torch.Tensor) -> bool:
-        """Whether any process saw a non-finite loss in this step, or the gradient norm is (the
-        same answer on every process, so all skip the update together)."""
-        if self.cfg.clip_grad > 0:
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+    def _nonfinite(self, nonfinite: torch.Tensor, norm: torch.Tensor | None) -> bool:
+        """Whether any process saw a non-finite loss in this step, or the clipped gradient's norm
+        is (the same answer on every process, so all skip the update together)."""
+        if norm is not None:
             nonfinite = nonfinite + (~torch.isfinite(torch.as_tensor(norm))).float().to(nonfinite.device)
         return self.accelerator.reduce(nonfinite, reduction="sum").item() > 0
 
