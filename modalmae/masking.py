@@ -6,7 +6,10 @@ and a ``torch.Generator`` -> ``Masks``.
 - ``running_cell_predict(masks, grid, ratio)``: VideoMAE V2's decoder masking;
 - ``block_masking(centres, ratio)``: Point-MAE's block variant (a token and its neighbours);
 - ``dirichlet_masking(present, tokens_per_sequence, num_visible, alpha)``: MultiMAE / BM-MAE's
-  visible budget split across MRI sequences; ``completion_masks``: whole sequences from the others.
+  visible budget split across MRI sequences, or across the modalities of a joint model;
+  ``completion_masks``: whole sequences from the others;
+- ``concat_masks(parts)``: one modality's masks after another's, over their concatenated tokens
+  (per-modality ratios in a joint model: CAV-MAE).
 
 Convention, stated once for the whole package: in ``Masks.mask`` 1 means *masked* (hidden
 from the encoder, reconstructed by the decoder), 0 means visible.
@@ -19,6 +22,7 @@ is fixed. Randomness comes only from the generator passed in, so a seed reproduc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,9 +148,9 @@ def block_masking(centres: Tensor, ratio: float, *, generator: torch.Generator) 
     return masks_from_order(order, num_masked)
 
 
-def _split_budget(ratios: np.ndarray, total: int, capacity: int) -> np.ndarray:
+def _split_budget(ratios: np.ndarray, total: int, capacity: np.ndarray | int) -> np.ndarray:
     """Integer counts summing exactly to ``total``, near ``ratios * total`` (largest
-    remainders), none above ``capacity``; the overflow goes to the sequences with room."""
+    remainders), none above its ``capacity``; the overflow goes to the sequences with room."""
     counts = np.minimum(np.floor(ratios * total).astype(np.int64), capacity)
     while counts.sum() < total:
         room = counts < capacity
@@ -156,37 +160,41 @@ def _split_budget(ratios: np.ndarray, total: int, capacity: int) -> np.ndarray:
 
 
 def dirichlet_masking(
-    present: Tensor, tokens_per_sequence: int, num_visible: int, *, alpha: float = 1.0, generator: torch.Generator
+    present: Tensor, tokens_per_sequence: int | Sequence[int], num_visible: int, *, alpha: float = 1.0, generator: torch.Generator
 ) -> Masks:
     """MultiMAE / BM-MAE masking across sequences: per sample, ``num_visible`` visible tokens
     split among the sequences it has by a draw of Dirichlet(alpha) (alpha = 1: uniform over
     the splits; small alpha favours few sequences), each sequence's share a uniform random
-    subset of its tokens. Tokens are sequence-major (``VolumePatches``): sequence s holds tokens
-    s * T ... s * T + T - 1.
+    subset of its tokens. Tokens are sequence-major: sequence s holds the ``tokens_per_sequence``
+    (one count for all, or one per sequence: the modalities of a joint model) after those of
+    the sequences before it.
 
     ``present`` bool [B, S]. Absent sequences get no visible token and are not masked either:
     ``mask`` is 0 there (no loss), though their tokens sit among ``ids_masked`` so every sample
     has the same counts. Every sample keeps exactly ``num_visible`` tokens.
     """
     batch, num_sequences = present.shape
-    length = num_sequences * tokens_per_sequence
-    have = present.sum(dim=1)
-    if (have == 0).any():
+    sizes = np.broadcast_to(np.asarray(tokens_per_sequence, dtype=np.int64), (num_sequences,))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    length = int(starts[-1])
+    have = present.cpu().numpy()
+    if not have.any(axis=1).all():
         raise ValueError("a sample has no sequence present")
-    if (have * tokens_per_sequence <= num_visible).any():
-        raise ValueError(f"{num_visible} visible tokens leave nothing to reconstruct in a sample with {int(have.min())} sequence(s) of {tokens_per_sequence} tokens")
+    if ((have * sizes).sum(axis=1) <= num_visible).any():
+        fewest = int((have * sizes).sum(axis=1).min())
+        raise ValueError(f"{num_visible} visible tokens leave nothing to reconstruct in a sample with {fewest} tokens present")
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     rng = np.random.default_rng(seed)  # numpy has the Dirichlet draw; seeded from the generator
     orders, masks = [], []
     for b in range(batch):
-        seqs = present[b].nonzero().flatten().tolist()
-        counts = _split_budget(rng.dirichlet([alpha] * len(seqs)), num_visible, tokens_per_sequence)
+        seqs = have[b].nonzero()[0].tolist()
+        counts = _split_budget(rng.dirichlet([alpha] * len(seqs)), num_visible, sizes[seqs])
         keep, rest = [], []
         for s, count in zip(seqs, counts):
-            perm = torch.from_numpy(rng.permutation(tokens_per_sequence)) + s * tokens_per_sequence
+            perm = torch.from_numpy(rng.permutation(int(sizes[s])) + starts[s])
             keep.append(perm[:count])
             rest.append(perm[count:])
-        absent = [torch.arange(s * tokens_per_sequence, (s + 1) * tokens_per_sequence) for s in range(num_sequences) if s not in seqs]
+        absent = [torch.arange(starts[s], starts[s + 1]) for s in range(num_sequences) if s not in seqs]
         others = torch.cat(rest + absent)
         orders.append(torch.cat([*keep, others[torch.from_numpy(rng.permutation(len(others)))]]))
         mask = torch.ones(length)
@@ -197,6 +205,27 @@ def dirichlet_masking(
     mask = torch.stack(masks).to(present.device)
     mask[torch.arange(batch)[:, None], built.ids_keep] = 0.0
     return dataclasses.replace(built, mask=mask)
+
+
+def concat_masks(parts: Sequence[Masks]) -> Masks:
+    """The masks of several token sequences (the modalities of a joint model, each masked by
+    its own method and ratio) as masks of their concatenation: sequence i's token j becomes
+    token ``offset_i + j``. Visible tokens come sequence by sequence, so every sample has the
+    same count of each sequence at the same columns of ``ids_keep``."""
+    offsets = np.cumsum([0] + [p.mask.shape[1] for p in parts[:-1]]).tolist()
+
+    def joined(field: str) -> Tensor | None:
+        values = [getattr(p, field) for p in parts]
+        if field == "ids_predict" and all(v is None for v in values):
+            return None
+        if field == "ids_predict":  # a part without decoder masking predicts all its masked tokens
+            values = [p.ids_masked if v is None else v for p, v in zip(parts, values)]
+        return torch.cat([v + off for v, off in zip(values, offsets)], dim=1)
+
+    return Masks(
+        ids_keep=joined("ids_keep"), ids_masked=joined("ids_masked"), mask=torch.cat([p.mask for p in parts], dim=1),
+        ids_predict=joined("ids_predict"),
+    )
 
 
 def completion_masks(present: Tensor, targets: Tensor, tokens_per_sequence: int) -> Masks:
