@@ -20,6 +20,9 @@ import torch
 from modalmae.formats.schema import AUDIO_FORMATS
 from modalmae.tokenizers.fbank import AudioFrontend
 
+# A window's samples x channels: 10.24 s of 8 channels at 384 kHz fit (128 MB as float32).
+MAX_WINDOW_VALUES = 1 << 25
+
 
 def audio_field(sample: dict) -> str:
     for fmt in AUDIO_FORMATS:
@@ -44,9 +47,36 @@ def read_window(data: bytes, *, seconds: float, rng: random.Random | None) -> tu
         wave = f.read(min(want, f.frames - start), dtype="float32", always_2d=True)
         if wave.shape[0] == 0:
             raise ValueError("no audio samples decoded")
-        if bad := wave.size - np.count_nonzero(np.isfinite(wave)):
-            raise ValueError(f"{bad} sample(s) in the window are NaN or inf")
+        return _finite(wave).T, f.samplerate
+
+
+def read_span(data: bytes, *, start: float, seconds: float, max_values: int = MAX_WINDOW_VALUES) -> tuple[np.ndarray, int]:
+    """Decode the window [start, start + seconds) seconds of the file, where ``start`` may be
+    negative and the window may run past the end: those parts are zeros (silence), so the
+    window keeps its place. Only the samples inside the recording are decoded.
+
+    Returns float32 [channels, ceil(seconds * rate)] and the file's sample rate; NaN or inf
+    in the window is a ValueError, as in ``read_window``, and so is a window of more than
+    ``max_values`` samples x channels (the zeros are sized by the header's rate, not the data).
+    """
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        want, first = math.ceil(seconds * f.samplerate), round(start * f.samplerate)
+        if want * f.channels > max_values:
+            raise ValueError(f"too large: {seconds} s at {f.samplerate} Hz x {f.channels} channels is more than max_values {max_values} samples")
+        wave = np.zeros((want, f.channels), dtype=np.float32)  # [N, C]
+        lo, hi = max(first, 0), min(first + want, f.frames)
+        if hi > lo:
+            f.seek(lo)
+            got = _finite(f.read(hi - lo, dtype="float32", always_2d=True))
+            wave[lo - first : lo - first + got.shape[0]] = got
         return wave.T, f.samplerate
+
+
+def _finite(wave: np.ndarray) -> np.ndarray:
+    # One NaN would make every loss NaN from the step that draws it: the stream skips the sample.
+    if bad := wave.size - np.count_nonzero(np.isfinite(wave)):
+        raise ValueError(f"{bad} sample(s) in the window are NaN or inf")
+    return wave
 
 
 class AudioDecoder:

@@ -243,7 +243,9 @@ class VideoDecoder:
             return decode_pyav(data, indices, max_pixels=self.max_pixels, max_frames=self.max_frames)
         return BACKENDS[self.backend](data, indices)
 
-    def __call__(self, sample: dict, rng: random.Random) -> list[dict]:
+    def cut(self, sample: dict, rng: random.Random) -> tuple[dict, list[tuple[list[int], torch.Tensor]]]:
+        """The sample's json, and per clip its frame indices (frame i is at i / fps from the
+        stream's start) with its float32 [3, T, S, S] tensor; one decode serves all K clips."""
         data = sample[video_field(sample)]
         check_frame_size(*frame_size(data), self.max_pixels)  # before any backend decodes a frame
         meta = json.loads(sample["json"]) if "json" in sample else {}
@@ -253,7 +255,11 @@ class VideoDecoder:
         union = sorted({i for clip in clips for i in clip})
         frames = self.decode(data, union)  # [len(union), H, W, 3]
         where = {index: row for row, index in enumerate(union)}
-        return [
-            {"video": make_clip(frames[[where[i] for i in clip]], crop_size=self.crop_size, rng=crop_rng, flip=self.flip), "label": meta.get("label")}
+        return meta, [
+            (clip, make_clip(frames[[where[i] for i in clip]], crop_size=self.crop_size, rng=crop_rng, flip=self.flip))
             for clip in clips
         ]
+
+    def __call__(self, sample: dict, rng: random.Random) -> list[dict]:
+        meta, clips = self.cut(sample, rng)
+        return [{"video": video, "label": meta.get("label")} for _, video in clips]

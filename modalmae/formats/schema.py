@@ -25,7 +25,8 @@ Video sample (modality ``"video"``)::
     <key>.json    {"source", "format", "frames": frames that decode, "fps", "width", "height",
                    "duration", "codec", "source_codec", "has_audio", "transcoded",
                    "partial": true and "partial_reason" (only for files that decode part-way),
-                   "audio": {"format", "sample_rate", "channels"} (only with the flac entry),
+                   "audio": {"format", "sample_rate", "channels", "offset": seconds of video time
+                             at the FLAC's sample 0, 0 when absent (older shards)} (only with the flac entry),
                    "label" (only when labels were given)}
 
 Point-cloud sample (modality ``"points"``)::
@@ -94,6 +95,14 @@ Video (``VideoDecoder`` + ``collate``): the same keys with ``"video"`` instead o
 
     "video"        float32 [B, 3, T, S, S]  ImageNet-normalized clips; with repeated
                                             augmentation K consecutive rows come from one video
+
+Audio-visual (``AVDecoder`` + ``collate``): the video keys plus::
+
+    "fbank"        float32 [B, T, F]        the audio window centred on each clip (zeros where it
+                                            lies outside the recording; all zeros without audio)
+    "has_audio"    bool [B]                 False when the sample has no audio entry
+    "clip_start"   float64 [B]              seconds in video time where the clip begins
+    "audio_start"  float64 [B]              seconds in video time where the audio window begins
 
 Points (``PointDecoder`` + ``collate``): the same keys with, instead of ``"fbank"``::
 

@@ -11,7 +11,9 @@ Transcoding is opt-in (``short_side`` and/or ``keyframe_interval``): H.264 in MP
 scaled to ``short_side`` (VideoMAE uses 320 for Kinetics), a keyframe every
 ``keyframe_interval`` frames (short intervals make the loader's seeks cheap). ``extract_audio``
 adds the first audio track as a 16 kHz mono FLAC entry of the same sample, so audio-visual
-training needs no re-sharding (a track with a NaN or inf sample is left out, with a warning).
+training needs no re-sharding (a track with a NaN or inf sample is left out, with a warning);
+``audio.offset`` in the json is where the FLAC's sample 0 sits in video time (seconds from the
+video stream's start), which ``modalmae.data.av`` aligns clips and audio windows by.
 
 Bounded before decoding: a frame larger than ``max_frame_pixels`` (from the stream's width and
 height; every decoded frame is held to it too, since a stream may change size mid-way) or a
@@ -159,6 +161,24 @@ def extract_audio(data: bytes, sample_rate: int) -> bytes | None:
     return sink.close() if sink.frames else None
 
 
+def _seconds(value, time_base) -> float:
+    return float(value * time_base) if value is not None and time_base is not None else 0.0
+
+
+def audio_offset(data: bytes) -> float:
+    """Seconds from the video stream's start (the loader's frame 0) to the first decoded sample
+    of the first audio track (the FLAC's sample 0): that frame's timestamp, not the stream's
+    ``start_time``, since a decoder may drop leading samples (Vorbis' first packet gives none)."""
+    with av.open(io.BytesIO(data)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        first = _seconds(audio.start_time, audio.time_base)
+        for frame in container.decode(audio):
+            if frame.samples:
+                first = _seconds(frame.pts, frame.time_base) if frame.pts is not None else first
+                break
+        return round(first - _seconds(video.start_time, video.time_base), 6)
+
+
 def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
     data = path.read_bytes()
     if not data:
@@ -207,7 +227,7 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
             warnings.append(f"audio track left out: {e}")
         if audio is not None:
             files["flac"] = audio
-            meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1}
+            meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1, "offset": audio_offset(data)}
     return Sample(files=files, meta=meta, warning="; ".join(warnings) or None)
 
 
