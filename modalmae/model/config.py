@@ -25,6 +25,9 @@ class MAEConfig:
     # (``pooled_norm``, their ``fc_norm``).
     encoder_norm: bool = True
     pooled_norm: bool = False
+    # A learned embedding added to every input token: the modality embedding of an encoder
+    # taken out of a joint model (``MultiModalMAE.encoder_for``).
+    modality_embed: bool = False
     norm_pix_loss: bool = True
     # Local attention in the decoder (Audio-MAE: windows of 4x4 tokens, shifted by (2, 0) in
     # every other block). None = global attention. decoder_shift None = half a window.

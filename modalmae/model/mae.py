@@ -45,6 +45,7 @@ class Encoder(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.encoder_dim)) if config.cls_token else None
+        self.modality_embed = nn.Parameter(torch.zeros(1, 1, config.encoder_dim)) if config.modality_embed else None
         self.transformer = Transformer(
             config.encoder_dim, depth=config.encoder_depth, num_heads=config.encoder_heads, mlp_ratio=config.mlp_ratio,
             eps=config.norm_eps, final_norm=config.encoder_norm,
@@ -67,6 +68,8 @@ class Encoder(nn.Module):
         pos = tokens.positions.expand(x.shape[0], -1, -1)  # [B, L, D]
         if ids_keep is not None:
             x, pos = gather_tokens(x, ids_keep), gather_tokens(pos, ids_keep)
+        if self.modality_embed is not None:
+            x = x + self.modality_embed
         if not self.tokenizer.pos_every_block:
             x, pos = x + pos, None
         if self.cls_token is not None:
@@ -143,7 +146,7 @@ class Decoder(nn.Module):
         if self.window is not None:
             attn_masks = self._window_masks(torch.cat([ids_keep, ids_predict], dim=1), num_prefix)
         x = self.transformer(x, attn_masks, pos=block_pos)
-        return self.head(x[:, -ids_predict.shape[1] :])
+        return self.head(x[:, x.shape[1] - ids_predict.shape[1] :])  # not -Lp: Lp may be 0
 
 
 @dataclass

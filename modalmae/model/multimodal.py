@@ -1,0 +1,287 @@
+"""One masked autoencoder over several modalities at once: MultiMAE (Bachmann et al. 2022),
+CAV-MAE (Gong et al. 2023), AVSiam (Lin et al. 2024).
+
+Each modality keeps its tokenizer. The tokens of the modalities of a sample are concatenated,
+modality after modality in the model's order, into one sequence, each token with its positions
+and a learned modality embedding, and one ``Masks`` over that sequence says which are visible:
+every modality masked by its own method and ratio and the masks joined (``concat_masks``;
+CAV-MAE), or one visible budget split across the modalities of each sample by a Dirichlet draw
+(``dirichlet_masking``; MultiMAE). The encoder runs the visible tokens through
+``specific_depth`` blocks of their own modality (CAV-MAE: 11 of 12), then through the remaining
+blocks together (0: a fully shared encoder, as AVSiam and MultiMAE). The decoder sees every
+modality's tokens, with decoder-width positions and a decoder modality embedding, and predicts
+each modality's masked patches through that modality's head; the loss is a weighted sum of the
+modalities' losses (the tokenizer's per-token loss, mean over the modality's masked tokens).
+
+A sample may lack a modality (a video without sound: ``Group.present``). Its tokens stay in the
+sequence, so batches stay dense, but no token attends to them and they carry no loss.
+
+A forward takes several ``Group``s: the modalities of one clip (audio and video) are one group,
+one sequence per sample; unpaired corpora (speech, clips, scans) are one group per modality.
+One forward can then hold every modality of a step, which is what DDP needs: every process
+uses every parameter in every step (see ``modalmae.train.joint``).
+
+Pooled features for a contrastive term (``Group.pooled``) are computed as CAV-MAE does: each
+modality's visible tokens run through the shared blocks *alone* and are averaged, so the audio
+feature cannot have looked at the video it is compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modalmae.masking import Masks
+from modalmae.model.config import MAEConfig
+from modalmae.model.loss import weighted_mean
+from modalmae.model.mae import Encoder, MAEOutput, gather_tokens
+from modalmae.model.transformer import Transformer, init_weights
+from modalmae.tokenizers.base import Tokenizer, Tokens
+
+
+@dataclass
+class Group:
+    """Samples whose modalities belong together (one sequence per sample)."""
+
+    inputs: dict[str, Any]  # modality -> its tokenizer's input, [B, ...] (B the same for all)
+    masks: Masks  # over the concatenated tokens of ``inputs``' modalities, in the model's order
+    present: dict[str, Tensor] = field(default_factory=dict)  # modality -> bool [B]; missing: all present
+    pooled: bool = False  # also return each modality's pooled features, encoded alone
+
+
+@dataclass
+class MultiModalOutput:
+    loss: Tensor  # scalar: sum over modalities of weight x loss, averaged over groups by samples
+    stats: dict[str, Tensor]  # modality -> [sum, count] of its per-token loss over the counted tokens
+    outputs: list[dict[str, MAEOutput]]  # per group, per modality (for pictures)
+    pooled: list[dict[str, Tensor]]  # per group, modality -> [B, D] (empty unless Group.pooled)
+
+
+def _bool_keys(valid: Tensor) -> Tensor:
+    return valid[:, None, None, :]  # [B, 1, 1, N]: True = may attend
+
+
+class MultiModalMAE(nn.Module):
+    def __init__(
+        self, tokenizers: dict[str, Tokenizer], config: MAEConfig, *, specific_depth: int = 0, loss_weights: dict[str, float] | None = None,
+        norm_pix: dict[str, bool] | None = None,
+    ) -> None:
+        """``loss_weights``: each modality's reconstruction loss weight (default 1);
+        ``norm_pix``: whether a modality's targets are normalized per patch (default:
+        ``config.norm_pix_loss``; point groups and z-scored MRI train without)."""
+        super().__init__()
+        if config.decoder_window is not None or config.cls_token or config.pooled_norm or config.modality_embed:
+            raise ValueError("a joint model has global decoder attention, no CLS token, no pooled norm and modality embeddings of its own")
+        if not 0 <= specific_depth <= config.encoder_depth:
+            raise ValueError(f"specific_depth {specific_depth} must be in 0..{config.encoder_depth} (the encoder's depth)")
+        for name, tokenizer in tokenizers.items():
+            if tokenizer.embed_dim != config.encoder_dim:
+                raise ValueError(f"{name} tokenizer embed_dim {tokenizer.embed_dim} != encoder width {config.encoder_dim}")
+        unknown = sorted((set(loss_weights or {}) | set(norm_pix or {})) - set(tokenizers))
+        if unknown:
+            raise ValueError(f"settings for {', '.join(unknown)}: the model's modalities are {', '.join(tokenizers)}")
+        self.config, self.specific_depth, self.modalities = config, specific_depth, tuple(tokenizers)
+        self.loss_weights = {m: float((loss_weights or {}).get(m, 1.0)) for m in self.modalities}
+        self.norm_pix = {m: bool((norm_pix or {}).get(m, config.norm_pix_loss)) for m in self.modalities}
+        dim, ddim = config.encoder_dim, config.decoder_dim
+
+        def blocks(width: int, depth: int, heads: int, final_norm: bool) -> Transformer:
+            return Transformer(width, depth=depth, num_heads=heads, mlp_ratio=config.mlp_ratio, eps=config.norm_eps, final_norm=final_norm)
+
+        self.tokenizers = nn.ModuleDict(tokenizers)
+        self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, dim)) for m in self.modalities})
+        self.specific = nn.ModuleDict({m: blocks(dim, specific_depth, config.encoder_heads, False) for m in self.modalities})
+        self.shared = blocks(dim, config.encoder_depth - specific_depth, config.encoder_heads, config.encoder_norm)
+        self.decoder_embed = nn.Linear(dim, ddim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
+        self.decoder_modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, ddim)) for m in self.modalities})
+        self.decoder_positions = nn.ModuleDict({m: t.decoder_positions(ddim) for m, t in tokenizers.items()})
+        self.decoder = blocks(ddim, config.decoder_depth, config.decoder_heads, True)
+        self.heads = nn.ModuleDict({m: nn.Linear(ddim, t.patch_dim) for m, t in tokenizers.items()})
+        for module in (self.specific, self.shared, self.decoder_embed, self.decoder_positions, self.decoder, self.heads):
+            init_weights(module)
+        for p in (self.mask_token, *self.modality_embed.values(), *self.decoder_modality_embed.values()):
+            nn.init.normal_(p, std=0.02)
+
+    # ------------------------------------------------------------------------- layout
+
+    def order(self, inputs: dict[str, Any]) -> list[str]:
+        """The modalities of ``inputs`` in the model's order (the order of their tokens)."""
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"no tokenizer for {', '.join(unknown)}; this model's modalities: {', '.join(self.modalities)}")
+        return [m for m in self.modalities if m in inputs]
+
+    def lengths(self, names: list[str]) -> list[int]:
+        return [self.tokenizers[m].num_tokens for m in names]
+
+    def _owner(self, names: list[str], device) -> Tensor:
+        """[L] the index (in ``names``) of the modality of each token of the joint sequence."""
+        return torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(self.lengths(names))])
+
+    @staticmethod
+    def _valid(names: list[str], lengths: list[int], present: dict[str, Tensor], batch: int, device) -> Tensor | None:
+        """[B, L] True where the token's modality is present in the sample; None when all are."""
+        if not any(m in present for m in names):
+            return None
+        parts = [present[m].to(device=device, dtype=torch.bool)[:, None].expand(-1, n) if m in present else
+                 torch.ones(batch, n, dtype=torch.bool, device=device) for m, n in zip(names, lengths)]
+        valid = torch.cat(parts, dim=1)
+        if not valid.any(dim=1).all():
+            raise ValueError(f"a sample has none of the modalities {', '.join(names)}")
+        return valid
+
+    def _columns(self, owner_keep: Tensor, names: list[str]) -> list[Tensor]:
+        """Per modality, the columns of ``ids_keep`` holding its tokens, which must be the same
+        in every sample (as ``concat_masks`` makes them) for blocks run per modality."""
+        if not (owner_keep == owner_keep[:1]).all():
+            raise ValueError(
+                "modality-specific blocks and pooled features need the same number of visible tokens of each modality in every "
+                "sample (per-modality ratios, concat_masks); a budget split across modalities needs specific_depth=0 and no pooling"
+            )
+        return [(owner_keep[0] == i).nonzero().flatten() for i in range(len(names))]
+
+    # ------------------------------------------------------------------------- encoder
+
+    def _embed(self, names: list[str], tokens: dict[str, Tokens]) -> tuple[Tensor, Tensor | None]:
+        """Joint input tokens [B, L, D] (embedding + modality embedding + positions unless added
+        per block) and the positions added before every block ([B, L, D], zero for modalities
+        that add them once), or None when no tokenizer adds them per block."""
+        xs, per_block = [], []
+        every = any(self.tokenizers[m].pos_every_block for m in names)
+        for m in names:
+            t = tokens[m]
+            pos = t.positions.expand(t.embeddings.shape[0], -1, -1)
+            x = t.embeddings + self.modality_embed[m]
+            if self.tokenizers[m].pos_every_block:
+                per_block.append(pos)
+            else:
+                x = x + pos
+                if every:
+                    per_block.append(torch.zeros_like(pos))
+            xs.append(x)
+        return torch.cat(xs, dim=1), (torch.cat(per_block, dim=1) if every else None)
+
+    def _encode(self, group: Group, names: list[str], tokens: dict[str, Tokens], valid: Tensor | None, owner: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """-> (latent [B, Lk, D] of the visible tokens, pooled {modality: [B, D]} when asked)."""
+        ids_keep = group.masks.ids_keep
+        x, pos = self._embed(names, tokens)
+        x = gather_tokens(x, ids_keep)  # [B, Lk, D]
+        pos = None if pos is None else gather_tokens(pos, ids_keep)
+        columns = self._columns(owner[ids_keep], names) if self.specific_depth or group.pooled else None
+        if self.specific_depth:
+            parts = x.new_zeros(x.shape)
+            for m, cols in zip(names, columns):
+                parts[:, cols] = self.specific[m](x[:, cols], pos=None if pos is None else pos[:, cols])
+            x = parts
+        keys = None if valid is None else gather_tokens(valid[..., None], ids_keep)[..., 0]  # [B, Lk]
+        latent = self.shared(x, None if keys is None else [_bool_keys(keys)] * len(self.shared.blocks), pos=pos)
+        pooled = {}
+        if group.pooled:
+            for m, cols in zip(names, columns):
+                alone = self.shared(x[:, cols], pos=None if pos is None else pos[:, cols])  # [B, Lk_m, D]
+                pooled[m] = alone.mean(dim=1)
+        return latent, pooled
+
+    # ------------------------------------------------------------------------- decoder
+
+    def _decode(self, names: list[str], tokens: dict[str, Tokens], latent: Tensor, masks: Masks, ids_predict: Tensor, valid: Tensor | None) -> Tensor:
+        """-> decoder features [B, Lp, Dd] at ``ids_predict``."""
+        once, per_block = [], []
+        every = any(self.tokenizers[m].pos_every_block for m in names)
+        for m in names:
+            pos = self.decoder_positions[m](tokens[m]).expand(latent.shape[0], -1, -1)  # [B, L_m, Dd]
+            if self.tokenizers[m].pos_every_block:
+                once.append(self.decoder_modality_embed[m].expand_as(pos))
+                per_block.append(pos)
+            else:
+                once.append(pos + self.decoder_modality_embed[m])
+                if every:
+                    per_block.append(torch.zeros_like(pos))
+        once_all = torch.cat(once, dim=1)  # [B, L, Dd]
+        x = self.decoder_embed(latent) + gather_tokens(once_all, masks.ids_keep)
+        queries = self.mask_token + gather_tokens(once_all, ids_predict)
+        ids = torch.cat([masks.ids_keep, ids_predict], dim=1)
+        block_pos = gather_tokens(torch.cat(per_block, dim=1), ids) if every else None
+        keys = None if valid is None else torch.gather(valid, 1, ids)
+        h = self.decoder(torch.cat([x, queries], dim=1), None if keys is None else [_bool_keys(keys)] * len(self.decoder.blocks), pos=block_pos)
+        return h[:, latent.shape[1] :]
+
+    # ------------------------------------------------------------------------- forward
+
+    def _group(self, group: Group) -> tuple[Tensor, dict[str, Tensor], dict[str, MAEOutput], dict[str, Tensor]]:
+        names = self.order(group.inputs)
+        tokens = {m: self.tokenizers[m](group.inputs[m]) for m in names}
+        batch, device = group.masks.mask.shape[0], group.masks.mask.device
+        lengths = self.lengths(names)
+        if group.masks.mask.shape[1] != sum(lengths):
+            raise ValueError(f"masks over {group.masks.mask.shape[1]} tokens for {' + '.join(names)} = {sum(lengths)} tokens")
+        valid = self._valid(names, lengths, group.present, batch, device)
+        owner = self._owner(names, device)
+        latent, pooled = self._encode(group, names, tokens, valid, owner)
+        ids_predict = group.masks.ids_masked if group.masks.ids_predict is None else group.masks.ids_predict
+        h = self._decode(names, tokens, latent, group.masks, ids_predict, valid)  # [B, Lp, Dd]
+        counted = torch.gather(group.masks.mask, 1, ids_predict)  # [B, Lp]
+        if valid is not None:
+            counted = counted * torch.gather(valid, 1, ids_predict)
+        owner_predict = owner[ids_predict]  # [B, Lp]
+        loss, stats, outputs, start = latent.new_zeros(()), {}, {}, 0
+        for i, (m, n) in enumerate(zip(names, lengths)):
+            tokenizer = self.tokenizers[m]
+            # Every head runs on every predicted token (heads are small; a sample's share of each
+            # modality may differ), and only its own modality's tokens count.
+            pred = self.heads[m](h)  # [B, Lp, P_m]
+            target = tokens[m].targets  # [B, L_m, P_m]
+            if self.norm_pix[m]:
+                mean, std = tokenizer.target_stats(target)
+                target = (target - mean) / std
+            local = (ids_predict - start).clamp(0, n - 1)
+            weight = counted * (owner_predict == i)
+            per_token = tokenizer.loss(pred, gather_tokens(target, local))  # [B, Lp]
+            loss = loss + self.loss_weights[m] * weighted_mean(per_token, weight)
+            stats[m] = torch.stack([(per_token * weight).sum(), weight.sum()]).detach()
+            index = ids_predict[..., None].expand(-1, -1, pred.shape[-1])
+            scattered = pred.new_zeros(batch, sum(lengths), pred.shape[-1]).scatter(1, index, pred)[:, start : start + n]
+            loss_mask = torch.zeros_like(group.masks.mask).scatter(1, ids_predict, weight)[:, start : start + n]
+            outputs[m] = MAEOutput(
+                loss=weighted_mean(per_token, weight).detach(), pred=scattered, target=target,
+                mask=group.masks.mask[:, start : start + n], loss_mask=loss_mask,
+            )
+            start += n
+        return loss, stats, outputs, pooled
+
+    def forward(self, *groups: Group) -> MultiModalOutput:
+        """Every group's loss, averaged over groups in proportion to their samples."""
+        total = sum(g.masks.mask.shape[0] for g in groups)
+        loss, stats, outputs, pooled = None, {}, [], []
+        for group in groups:
+            group_loss, group_stats, group_outputs, group_pooled = self._group(group)
+            share = group.masks.mask.shape[0] / total
+            loss = group_loss * share if loss is None else loss + group_loss * share
+            for m, s in group_stats.items():
+                stats[m] = stats[m] + s if m in stats else s
+            outputs.append(group_outputs)
+            pooled.append(group_pooled)
+        return MultiModalOutput(loss=loss, stats=stats, outputs=outputs, pooled=pooled)
+
+    # ------------------------------------------------------------------------- one modality
+
+    def encoder_for(self, modality: str) -> Encoder:
+        """A standalone ``Encoder`` of one modality with this model's weights (a copy): its
+        tokenizer and modality embedding, its specific blocks, then the shared ones. Its
+        ``pooled`` features are those a ``Group(pooled=True)`` gives with every token visible."""
+        if modality not in self.modalities:
+            raise ValueError(f"no {modality} in this model; its modalities: {', '.join(self.modalities)}")
+        tokenizer = self.tokenizers[modality]
+        encoder = Encoder(type(tokenizer)(**tokenizer.config()), replace(self.config, modality_embed=True))
+        state = {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}
+        state["modality_embed"] = self.modality_embed[modality]
+        blocks = [*self.specific[modality].blocks, *self.shared.blocks]
+        for i, block in enumerate(blocks):
+            state.update({f"transformer.blocks.{i}.{k}": v for k, v in block.state_dict().items()})
+        state.update({f"transformer.norm.{k}": v for k, v in self.shared.norm.state_dict().items()})
+        encoder.load_state_dict(state, strict=True)
+        return encoder.to(self.mask_token.device)
