@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,22 +22,44 @@ from modalmae.data.shards import ShardSet
 from modalmae.data.stream import SampleDecoder, ShardStream, StreamPosition, make_loader
 
 
+@dataclass
+class Corpus:
+    """One of the data streams of a run that reads several at once (a joint model's corpora of
+    different modalities): its shards, their sample decoder, and its share of each batch."""
+
+    name: str  # e.g. "audio"; names its position file in checkpoints
+    sources: list[ShardSet]
+    decode: SampleDecoder
+    batch_size: int  # items of this corpus per process per micro-batch
+    items_per_sample: int = 1
+    weights: list[float] | None = None  # how often each of its shard sets is drawn
+
+
 class Feed:
     """This rank's batches, and what it has consumed of them: the data position saved with
-    every checkpoint, the shards read, per-source counts and the optional key log."""
+    every checkpoint, the shards read, per-source counts and the optional key log.
 
-    def __init__(self, cfg, accelerator: Accelerator, sources: list[ShardSet], decode: SampleDecoder, items_per_sample: int, resume: Path | None) -> None:
+    ``batch_size`` defaults to the config's; ``weights``: how often each source is drawn (None:
+    in proportion to their samples); ``name`` tells the position files of several feeds of one
+    run apart (``data_rank<r>_<name>.json``)."""
+
+    def __init__(
+        self, cfg, accelerator: Accelerator, sources: list[ShardSet], decode: SampleDecoder, items_per_sample: int, resume: Path | None,
+        *, weights: list[float] | None, batch_size: int | None = None, name: str = "",
+    ) -> None:
         self.cfg, self.sources = cfg, sources
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.batch_size = batch_size or cfg.batch_size
+        self.position_file = f"data_rank{self.rank}{'_' + name if name else ''}.json"
         stream = ShardStream(
-            sources, decode, weights=cfg.weights, rank=self.rank, world_size=self.world, seed=cfg.seed,
-            shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, pad_to=cfg.batch_size, items_per_sample=items_per_sample,
-            verify=cfg.verify_shards,
+            sources, decode, weights=weights, rank=self.rank, world_size=self.world,
+            seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, pad_to=self.batch_size,
+            items_per_sample=items_per_sample, verify=cfg.verify_shards,
         )
         workers = min(cfg.workers, stream.max_workers())  # what make_loader will use
         position = self._load_position(resume, self._identity(workers)) if resume else None
         stream.start = position["stream"] if position else {}
-        self.loader = make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
+        self.loader = make_loader(stream, batch_size=self.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
         self.rank_epoch_items = stream.items_per_epoch(self.loader.num_workers)  # the same on every rank
         self.consumed = StreamPosition(len(sources), self.loader.num_workers, position and position["stream"])
         self.source_counts = torch.tensor(position["source_counts"] if position else [0] * len(sources), dtype=torch.float64)
@@ -52,13 +75,13 @@ class Feed:
         """What a saved data position is only valid for."""
         cfg = self.cfg
         return {
-            "world_size": self.world, "workers": workers, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "world_size": self.world, "workers": workers, "seed": cfg.seed, "batch_size": self.batch_size,
             "resampled": cfg.resampled, "shards": [s.urls for s in self.sources],
         }
 
     def _load_position(self, resume: Path, identity: dict) -> dict | None:
         """This rank's saved data position, or None (with a warning) when it no longer applies."""
-        path = resume / f"data_rank{self.rank}.json"
+        path = resume / self.position_file
         if not path.is_file():
             warnings.warn(f"{resume}: no data position for rank {self.rank}; the data stream starts afresh", stacklevel=4)
             return None
@@ -92,10 +115,73 @@ class Feed:
         self.skipped += batch.get("num_skipped", 0)
         return batch
 
+    @property
+    def num_workers(self) -> int:
+        return self.loader.num_workers
+
     def position(self) -> dict:
         """This rank's data position, as saved in a checkpoint (``data_rank<r>.json``)."""
         return {**self._identity(self.loader.num_workers), "stream": self.consumed.state(), "source_counts": self.source_counts.tolist()}
 
+    def save_position(self, folder: Path) -> None:
+        (folder / self.position_file).write_text(json.dumps(self.position()) + "\n")
+
     def close(self) -> None:
         if self.keys_log is not None:
             self.keys_log.close()
+
+
+class Feeds:
+    """Several corpora read side by side: each step takes one batch of every corpus,
+    ``{name: batch}``, so every step holds every modality of a joint model. That is how a
+    mixed-modality run stays correct under DDP, where every process must use the same
+    parameters in each step: a step holding only some modalities would leave the others'
+    tokenizers and heads without gradients (an error, or, with ``find_unused_parameters``, a
+    hang as soon as two processes drew different modalities).
+
+    Each corpus keeps its own exact epochs and data position; the figures the loop reads are
+    summed (counts) or concatenated (per shard set) over them."""
+
+    def __init__(self, cfg, accelerator: Accelerator, corpora: list[Corpus], resume: Path | None) -> None:
+        self.feeds = {
+            c.name: Feed(cfg, accelerator, c.sources, c.decode, c.items_per_sample, resume, batch_size=c.batch_size, weights=c.weights, name=c.name)
+            for c in corpora
+        }
+        self.sources = [s for feed in self.feeds.values() for s in feed.sources]
+        self.rank_epoch_items = None if len(corpora) > 1 else next(iter(self.feeds.values())).rank_epoch_items
+
+    def next(self, step: int) -> dict[str, dict]:
+        return {name: feed.next(step) for name, feed in self.feeds.items()}
+
+    @property
+    def num_workers(self) -> int:
+        return sum(feed.num_workers for feed in self.feeds.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(feed.skipped for feed in self.feeds.values())
+
+    @property
+    def samples_seen(self) -> int:
+        return sum(feed.samples_seen for feed in self.feeds.values())
+
+    @property
+    def source_counts(self) -> torch.Tensor:
+        return torch.cat([feed.source_counts for feed in self.feeds.values()])
+
+    @property
+    def shards_read(self) -> dict[int, set[str]]:
+        """epoch -> shards read in it, over every corpus (each counting its own epochs)."""
+        merged: dict[int, set[str]] = {}
+        for feed in self.feeds.values():
+            for epoch, urls in feed.shards_read.items():
+                merged.setdefault(epoch, set()).update(urls)
+        return merged
+
+    def save_position(self, folder: Path) -> None:
+        for feed in self.feeds.values():
+            feed.save_position(folder)
+
+    def close(self) -> None:
+        for feed in self.feeds.values():
+            feed.close()

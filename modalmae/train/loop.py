@@ -52,7 +52,7 @@ from modalmae.data.stream import SampleDecoder
 from modalmae.masking import Masks
 from modalmae.modalities import ModalitySpec, model_input
 from modalmae.model import MaskedAutoencoder
-from modalmae.train.feed import Feed
+from modalmae.train.feed import Corpus, Feed, Feeds
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "trainer_state.json"
@@ -187,8 +187,8 @@ class _Run:
     """One training run's state, phase by phase."""
 
     def __init__(
-        self, cfg, accelerator: Accelerator, model: torch.nn.Module, decode: SampleDecoder, *, sources: list[ShardSet],
-        items_per_sample: int, groups: list[dict] | None, betas: tuple[float, float],
+        self, cfg, accelerator: Accelerator, model: torch.nn.Module, decode: SampleDecoder | None, *, sources: list[ShardSet],
+        items_per_sample: int, groups: list[dict] | None, betas: tuple[float, float], corpora: list[Corpus] | None = None,
     ) -> None:
         """Set-up and resume: data, schedule, resolved config, optimizer, restored state."""
         self.cfg, self.accelerator, self.output = cfg, accelerator, Path(cfg.output)
@@ -206,10 +206,14 @@ class _Run:
             if accelerator.is_main_process:
                 keep_until(self.output / "metrics.jsonl", self.start_step)
             keep_until(self.output / "keys" / f"rank{accelerator.process_index}.jsonl", self.start_step)
-        self.feed = Feed(cfg, accelerator, sources, decode, items_per_sample, resume)
+        if corpora:
+            self.feed: Feed | Feeds = Feeds(cfg, accelerator, corpora, resume)
+            sources, per_step = self.feed.sources, sum(c.batch_size for c in corpora)
+        else:
+            self.feed, per_step = Feed(cfg, accelerator, sources, decode, items_per_sample, resume, weights=cfg.weights), cfg.batch_size
         world = accelerator.num_processes
         epoch_samples = self.feed.rank_epoch_items * world if self.feed.rank_epoch_items else None
-        self.effective_batch = cfg.batch_size * cfg.grad_accum * world
+        self.effective_batch = per_step * cfg.grad_accum * world
         self.lr = cfg.lr if cfg.lr is not None else cfg.blr * self.effective_batch / 256
         self.max_steps = cfg.max_steps
         if cfg.epochs is not None:
@@ -221,7 +225,7 @@ class _Run:
             self.output.mkdir(parents=True, exist_ok=True)
             resolved = {
                 **dataclasses.asdict(cfg), "resolved_lr": self.lr, "resolved_max_steps": self.max_steps,
-                "effective_batch": self.effective_batch, "world_size": world, "loader_workers": self.feed.loader.num_workers,
+                "effective_batch": self.effective_batch, "world_size": world, "loader_workers": self.feed.num_workers,
                 "epoch_samples": epoch_samples,
             }
             (self.output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
@@ -319,7 +323,7 @@ class _Run:
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
-        (tmp / f"data_rank{accelerator.process_index}.json").write_text(json.dumps(self.feed.position()) + "\n")
+        self.feed.save_position(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / STATE_NAME).write_text(json.dumps({"step": step}) + "\n")
@@ -367,7 +371,7 @@ def train(
     *,
     accelerator: Accelerator,
     model: torch.nn.Module,
-    decode: SampleDecoder,
+    decode: SampleDecoder | None,
     loss_fn: LossFn,
     save: Callable[[torch.nn.Module, dict, Path], None],
     items_per_sample: int = 1,
@@ -376,6 +380,7 @@ def train(
     evaluate: Callable[[torch.nn.Module, int], dict] | None = None,
     shards: ShardSet | list[ShardSet] | None = None,
     modality: str | None = None,
+    corpora: list[Corpus] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``shards`` (default: ``cfg.shards`` resolved, and checked to hold
     ``modality`` shards when given) for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs``
@@ -390,11 +395,18 @@ def train(
     pretraining: 0.9, 0.95; fine-tuning: torch's default 0.9, 0.999). ``evaluate(model, step)``, run
     on every process every ``cfg.eval_every`` steps and at the end, returns figures for
     metrics.jsonl. ``save(unwrapped, full_state_dict, output)`` writes the final model (main
-    process)."""
-    if shards is None:
-        shards = [resolve_shards(spec, modality=modality) for spec in cfg.shards]
-    sources = [shards] if isinstance(shards, ShardSet) else list(shards)
-    run = _Run(cfg, accelerator, model, decode, sources=sources, items_per_sample=items_per_sample, groups=groups, betas=betas)
+    process).
+
+    ``corpora``: several data streams read side by side instead of ``shards`` and ``decode``;
+    each step's batch is then ``{corpus name: batch}`` (``modalmae.train.feed.Feeds``)."""
+    sources = []
+    if corpora is None:
+        if shards is None:
+            shards = [resolve_shards(spec, modality=modality) for spec in cfg.shards]
+        sources = [shards] if isinstance(shards, ShardSet) else list(shards)
+    run = _Run(
+        cfg, accelerator, model, decode, sources=sources, items_per_sample=items_per_sample, groups=groups, betas=betas, corpora=corpora,
+    )
     eval_every = getattr(cfg, "eval_every", 0)
     for step in range(run.start_step + 1, run.max_steps + 1):
         run.step(step, loss_fn)
