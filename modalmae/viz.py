@@ -7,18 +7,21 @@ de-normalized with each target patch's own mean and std when the loss used ``nor
 
 The ``draw_*`` functions are what ``modalmae.modalities`` names as each modality's picture:
 ``draw(model, x, masks, path, *, title) -> path`` for one sample ``x`` (a batch of one) and its
-masks.
+masks. ``draw_joint`` draws a joint model's sample with each of its modalities' pictures (the
+model seen through ``ModalityView``) stacked into one.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from modalmae.masking import Masks
-from modalmae.model import MaskedAutoencoder
+from modalmae.masking import Masks, concat_masks
+from modalmae.model import MAEOutput, MaskedAutoencoder
+from modalmae.model.multimodal import Group, MultiModalMAE
 from modalmae.model.multisequence import complete_sequences
 
 
@@ -206,3 +209,71 @@ def draw_volume(model: MaskedAutoencoder, x: dict, masks: Masks, path: str | Pat
 def draw_image(model: MaskedAutoencoder, x: Tensor, masks: Masks, path: str | Path, *, title: str = "") -> Path:
     panels = reconstruction_panels(model, x, masks)  # in the normalized space the model sees
     return save_image_figure({k: model.tokenizer.pixels(v) for k, v in panels.items()}, path, title=title)
+
+
+# ----------------------------------------------------------------------------- joint models
+
+
+class ModalityView:
+    """One modality of a joint model's forward on a ``Group``, shaped like a single-modality
+    ``MaskedAutoencoder`` for the ``draw_*`` functions: called with that modality's input and
+    its part of the group's masks it gives what the joint forward predicted (with the other
+    modalities in view); called with other masks (an MRI completion), or made without a group,
+    it runs the modality alone."""
+
+    def __init__(self, model: MultiModalMAE, modality: str, group: Group | None = None, masks: Masks | None = None, out: MAEOutput | None = None) -> None:
+        self.joint, self.modality, self.group, self.masks, self.out = model, modality, group, masks, out
+        self.tokenizer = model.tokenizers[modality]
+        self.config = replace(model.config, norm_pix_loss=model.norm_pix[modality])
+        self.training = False
+
+    def eval(self) -> "ModalityView":
+        return self
+
+    def train(self, mode: bool = True) -> "ModalityView":
+        return self
+
+    def __call__(self, x, masks: Masks) -> MAEOutput:
+        if self.masks is not None and masks is self.masks:
+            return self.out
+        return self.joint(Group({self.modality: x}, concat_masks([masks]))).outputs[0][self.modality]
+
+
+def _modality_masks(masks: Masks, start: int, length: int) -> Masks:
+    """The part of joint masks (of one sample) over tokens [start, start + length)."""
+    def part(ids: Tensor) -> Tensor:
+        inside = (ids >= start) & (ids < start + length)
+        return (ids[inside] - start)[None]
+
+    ids_predict = None if masks.ids_predict is None else part(masks.ids_predict)
+    return Masks(part(masks.ids_keep), part(masks.ids_masked), masks.mask[:, start : start + length], ids_predict)
+
+
+@torch.no_grad()
+def draw_joint(model: MultiModalMAE, group: Group, path: str | Path, *, pictures: dict, title: str = "") -> Path:
+    """The pictures (``{modality: draw function}``) of each modality of one sample (a group of
+    batch 1) as the joint model reconstructs it, one above the other in a single PNG;
+    ``<path stem>_<modality>.png`` keeps each on its own."""
+    from PIL import Image
+
+    was_training = model.training
+    model.eval()
+    out = model(group).outputs[0]
+    model.train(was_training)
+    path, start, files = Path(path), 0, []
+    for m in model.order(group.inputs):
+        length = model.tokenizers[m].num_tokens
+        masks = _modality_masks(group.masks, start, length)
+        view = ModalityView(model, m, group, masks, out[m])
+        absent = m in group.present and not bool(group.present[m][0])
+        name = f"{m} (absent: not in the loss)" if absent else m
+        files.append(pictures[m](view, group.inputs[m], masks, path.with_name(f"{path.stem}_{m}.png"), title=f"{name}: {title}" if title else name))
+        start += length
+    images = [Image.open(f).convert("RGB") for f in files]
+    sheet, top = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white"), 0
+    for image in images:
+        sheet.paste(image, (0, top))
+        top += image.height
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
