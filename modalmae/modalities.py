@@ -62,11 +62,20 @@ class ModalitySpec:
     mask_ratio: float  # the published method's masking ratio
     masking: Masking  # the published method's masking: (tokenizer, x, ratio, generator) -> Masks
     picture: Picture  # input, masked input and reconstruction of one sample
+    recipe: str  # its pretraining recipe in recipes/ (joint runs build each modality's part with it)
     # The training loss when it is not the mean over masked tokens (+ figures for metrics.jsonl)
     loss: LossReduction | None = None
     # Masks that reconstruct named parts of a sample wholly from its other parts (MRI: sequences)
     completion: Callable[[Tokenizer, Any, list[str]], Masks] | None = None
     decoder_options: tuple[str, ...] = field(default=())  # settings a command line may override in ``decoder``
+    # Other kinds of shards whose samples hold this modality's entry too (audio: the FLAC that
+    # build_shards.py --modality video --extract-audio adds), which its decoder reads as well
+    reads: tuple[str, ...] = field(default=())
+
+    @property
+    def shard_kinds(self) -> tuple[str, ...]:
+        """The ``build_shards.py --modality`` kinds this modality's decoder reads."""
+        return (self.name, *self.reads)
 
 
 def batch_size(x: Tensor | dict) -> int:
@@ -103,27 +112,32 @@ MODALITIES: dict[str, ModalitySpec] = {
     for spec in (
         ModalitySpec(  # Audio-MAE: log-mel fbank patches, 80% random masking
             name="audio",
+            recipe="audio_mae.py",
             builder=audio_shards.BUILDER, tokenizer=SpectrogramPatches, decoder=AudioDecoder.from_checkpoint,
-            input_keys=("fbank",), mask_ratio=0.8, masking=_random, picture=viz.draw_spectrogram,
+            input_keys=("fbank",), mask_ratio=0.8, masking=_random, picture=viz.draw_spectrogram, reads=("video",),
         ),
         ModalitySpec(  # VideoMAE: spacetime tubes, 90% tube masking
             name="video",
+            recipe="video_mae.py",
             builder=video_shards.BUILDER, tokenizer=VideoTubes, decoder=VideoDecoder.from_checkpoint,
             input_keys=("video",), mask_ratio=0.9, masking=_tubes, picture=viz.draw_video, decoder_options=("sampling_rate",),
         ),
         ModalitySpec(  # Point-MAE: point groups, 60% random masking, Chamfer loss
             name="points",
+            recipe="point_mae.py",
             builder=points_shards.BUILDER, tokenizer=PointGroups, decoder=PointDecoder.from_checkpoint,
             input_keys=("points",), mask_ratio=0.6, masking=_random, picture=viz.draw_points,
         ),
         ModalitySpec(  # BM-MAE: 3-D patches of several MRI sequences, Dirichlet masking across them
             name="mri",
+            recipe="mri_mae.py",
             builder=mri_shards.BUILDER, tokenizer=VolumePatches, decoder=MRIDecoder.from_checkpoint,
             input_keys=("volume", "present"), mask_ratio=0.75, masking=_sequences, picture=viz.draw_volume,
             loss=sequence_losses, completion=_complete,
         ),
         ModalitySpec(  # MAE: 16x16 image patches, 75% random masking
             name="image",
+            recipe="image_mae.py",
             builder=image_shards.BUILDER, tokenizer=ImagePatches, decoder=ImageDecoder.from_checkpoint,
             input_keys=("image",), mask_ratio=0.75, masking=_random, picture=viz.draw_image,
         ),

@@ -8,7 +8,8 @@ The checkpoint (a ``save_pretrained`` folder, or a published checkpoint that
 with and each clip's first window; video the centre clip of the tokenizer's frame count at the
 training stride, centre-cropped; point clouds as many points as in training; MRI every
 sequence at the training spacing and crop; images the centre crop; never any augmentation.
-The shards must be of the checkpoint's modality. The output ``.npz`` holds ``keys`` [N] (str),
+The shards must be of the checkpoint's modality; a joint model needs --modality, and its
+audio encoder also reads video shards built with --extract-audio (their audio entries). The output ``.npz`` holds ``keys`` [N] (str),
 ``features`` [N, D] float32 and ``labels`` [N] (str, empty when a sample has none); load it with
 ``numpy.load(path)`` (no pickle needed).
 """
@@ -36,16 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", choices=("mean", "cls"), default="mean", help="mean over patch tokens, or the CLS token (only for encoders that have one)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--modality", help="the modality to embed, for a joint model (recipes/av_mae.py, multi_mae.py): audio, video, ...")
     parser.add_argument("--sampling-rate", type=int, help="video: stride between the clip's frames (default: the one it was trained with)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the encoder runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    model = open_checkpoint(args.checkpoint, map_location=args.device, sampling_rate=args.sampling_rate)
+    model = open_checkpoint(args.checkpoint, map_location=args.device, modality=args.modality, sampling_rate=args.sampling_rate)
     if args.pool == "cls" and model.encoder.cls_token is None:
         parser.error("--pool cls: this encoder has no CLS token")
     try:
-        shards = resolve_shards(args.shards, modality=model.spec.name)
+        shards = resolve_shards(args.shards, modality=model.spec.shard_kinds)
     except (OSError, ValueError) as e:
         parser.error(f"--shards: {e}")
     stream = ShardStream(shards, model.eval_decoder, epochs=1, shuffle_buffer=1, shuffle_shards=False)

@@ -22,16 +22,18 @@ from pathlib import Path
 
 import torch
 
-from modalmae.checkpoint import CheckpointError, load_pretrained
+from modalmae.checkpoint import CheckpointError, load_pretrained, modality_config
 from modalmae.data.shards import iter_shard
 from modalmae.data.stream import collate
 from modalmae.modalities import ModalitySpec, decoder_for, model_input
+from modalmae.model.multimodal import MultiModalMAE
 from modalmae.shards import Skip
 from modalmae.train.recipe import open_shards
+from modalmae.viz import ModalityView
 
 
 def find_sample(shards: str, key: str | None, spec: ModalitySpec) -> dict:
-    found = open_shards([shards], spec.name)[0]
+    found = open_shards([shards], spec.shard_kinds)[0]
     for url in found.urls:
         for sample in iter_shard(url, checksum=found.checksums.get(url)):
             if key is None or sample["__key__"] == key:
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--shards", help="shards (folder, manifest or brace pattern): the first sample, or --key")
     parser.add_argument("--key", help="with --shards: the sample key to draw")
     parser.add_argument("--mask-ratio", type=float, default=None, help="fraction of tokens hidden from the encoder (default: the modality's method: 0.8 audio, 0.9 video, 0.6 points, 0.75 MRI (of one sequence's tokens) and images)")
+    parser.add_argument("--modality", help="for a joint model (recipes/av_mae.py, multi_mae.py): the modality to draw, from itself alone")
     parser.add_argument("--sampling-rate", type=int, help="video: stride between the clip's frames (default: the one it was trained with)")
     parser.add_argument("--complete", nargs="+", metavar="SEQUENCE", help="MRI: reconstruct these sequences whole from the subject's others (absent or not) instead of masking at random")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask")
@@ -66,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, config = load_pretrained(args.checkpoint)
+        if isinstance(model, MultiModalMAE):  # one modality of a joint model, reconstructed from itself alone
+            if args.modality not in model.modalities:
+                raise ValueError(f"a joint model of {', '.join(model.modalities)}: name one with --modality")
+            model, config = ModalityView(model, args.modality), modality_config(config, args.modality)
+        elif args.modality not in (None, config.get("modality")):
+            raise ValueError(f"a {config.get('modality')} model, not {args.modality}")
         spec, decode = decoder_for(config, train=False, sampling_rate=args.sampling_rate)
     except (CheckpointError, ValueError) as e:
         parser.error(f"--checkpoint {args.checkpoint}: {e}")

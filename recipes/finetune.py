@@ -54,6 +54,7 @@ class FinetuneConfig(TrainConfig):
     label_smoothing: float = arg(0.1, "cross-entropy label smoothing")
     eval_every: int = arg(0, "evaluate on the held-out samples every N steps (0 = only at the end)")
     sampling_rate: int = arg(None, "video: stride between the clip's frames (default: the checkpoint's)")
+    modality: str = arg(None, "the modality to train on, for a joint model (recipes/av_mae.py, multi_mae.py): audio, video, ...")
 
 
 def label_of(sample: dict, rng) -> dict:  # noqa: ARG001 - the stream's decoder signature
@@ -102,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
 
-    checkpoint = open_checkpoint(cfg.checkpoint, sampling_rate=cfg.sampling_rate)
+    checkpoint = open_checkpoint(cfg.checkpoint, modality=cfg.modality, sampling_rate=cfg.sampling_rate)
     spec = checkpoint.spec
-    sources = open_shards(cfg.shards, spec.name)
+    sources = open_shards(cfg.shards, spec.shard_kinds)
     if cfg.val_shards:
-        held_out = open_shards(cfg.val_shards, spec.name, flag="--val-shards")
+        held_out = open_shards(cfg.val_shards, spec.shard_kinds, flag="--val-shards")
         keep = lambda decode, split: decode  # noqa: E731 - separate shard sets, nothing to filter
     else:
         held_out = sources

@@ -47,6 +47,7 @@ class ProbeConfig:
     batch_size: int = arg(16, "samples per encoder forward pass")
     workers: int = arg(2, "DataLoader worker processes for the feature extraction")
     sampling_rate: int = arg(None, "video: stride between the clip's frames (default: the checkpoint's)")
+    modality: str = arg(None, "the modality to train on, for a joint model (recipes/av_mae.py, multi_mae.py): audio, video, ...")
     device: str = arg("cuda" if torch.cuda.is_available() else "cpu", "where the encoder runs")
     seed: int = arg(0, "seed of the split and the classifier")
     log_every: int = arg(10, "write a training line to metrics.jsonl every N epochs")
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     output = output_folder(cfg.output)
     (output / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
-    model = open_checkpoint(cfg.checkpoint, map_location=cfg.device, sampling_rate=cfg.sampling_rate)
-    sources = open_shards(cfg.shards, model.spec.name)
+    model = open_checkpoint(cfg.checkpoint, map_location=cfg.device, modality=cfg.modality, sampling_rate=cfg.sampling_rate)
+    sources = open_shards(cfg.shards, model.spec.shard_kinds)
     stream = ShardStream(sources, model.eval_decoder, epochs=1, shuffle_buffer=1, shuffle_shards=False)
     loader = make_loader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers)
     keys, feats, labels, skipped = extract_features(

@@ -83,7 +83,7 @@ def _from_manifest(location: str, spec: str) -> ShardSet:
     )
 
 
-def resolve_shards(spec: str | os.PathLike, *, modality: str | None = None) -> ShardSet:
+def resolve_shards(spec: str | os.PathLike, *, modality: str | tuple[str, ...] | None = None) -> ShardSet:
     """A folder (its manifest.json, else its *.tar when they are not build_shards output), a
     manifest file, or a brace pattern; each may also be a URL (``https://host/ds/``,
     ``s3://bucket/ds/manifest.json``, ``pipe:...``; see ``modalmae.data.remote``).
@@ -91,10 +91,12 @@ def resolve_shards(spec: str | os.PathLike, *, modality: str | None = None) -> S
     ``shards/speech``, ``shards/speech/manifest.json`` and
     ``shards/speech/shard-{000000..000003}.tar`` all name the same shards; only the first two
     know the epoch length. A remote URL ending in ``/`` names the folder holding a manifest.
-    ``modality``: the kind of shards the caller reads; a manifest saying otherwise is an error.
+    ``modality``: the kind(s) of shards the caller reads; a manifest saying otherwise is an error.
     """
     shards = _resolve(spec)
-    if modality is not None and shards.modality is not None and shards.modality != modality:
+    kinds = (modality,) if isinstance(modality, str) else modality
+    if kinds and shards.modality is not None and shards.modality not in kinds:
+        modality = kinds[0]
         raise ValueError(
             f"{shards.name}: these are {shards.modality} shards (says their manifest.json), but this run reads "
             f"{modality} shards; build {modality} shards with build_shards.py --modality {modality}"

@@ -40,13 +40,14 @@ class Checkpoint:
     eval_decoder: SampleDecoder  # centre crops, first windows, no augmentation
 
 
-def open_checkpoint(path: str, *, map_location: str = "cpu", **decoder_options) -> Checkpoint:
+def open_checkpoint(path: str, *, map_location: str = "cpu", modality: str | None = None, **decoder_options) -> Checkpoint:
     """``load_encoder`` for command lines, with the modality's decoders (``decoder_options``:
-    command-line overrides such as a video's ``sampling_rate``; None when not given). An
-    unreadable checkpoint or an option that does not apply ends the program with one line
-    naming it and the reason, not a traceback."""
+    command-line overrides such as a video's ``sampling_rate``; None when not given);
+    ``modality`` picks one modality's encoder out of a joint model. An unreadable checkpoint or
+    an option that does not apply ends the program with one line naming it and the reason, not
+    a traceback."""
     try:
-        encoder, config = load_encoder(path, map_location=map_location)
+        encoder, config = load_encoder(path, map_location=map_location, modality=modality)
         spec, train_decoder = decoder_for(config, train=True, **decoder_options)
         _, eval_decoder = decoder_for(config, train=False, **decoder_options)
     except (CheckpointError, ValueError) as e:
@@ -114,7 +115,7 @@ class Classifier(nn.Module):
 def layer_id(name: str, depth: int) -> int:
     """Depth of a Classifier parameter for layer-wise decay: 0 embeddings, i + 1 block i,
     depth + 1 the final norms and the head."""
-    if name.startswith(("encoder.tokenizer.", "encoder.cls_token")):
+    if name.startswith(("encoder.tokenizer.", "encoder.cls_token", "encoder.modality_embed")):
         return 0
     if name.startswith("encoder.transformer.blocks."):
         return int(name.split(".")[3]) + 1

@@ -65,7 +65,7 @@ def output_folder(path: str | Path, *, flag: str = "--output") -> Path:
     return folder
 
 
-def open_shards(specs: list[str], modality: str, *, flag: str = "--shards") -> list[ShardSet]:
+def open_shards(specs: list[str], modality: str | tuple[str, ...], *, flag: str = "--shards") -> list[ShardSet]:
     """``resolve_shards`` of each, for command lines: shards that cannot be found or hold
     another modality end the program with one line saying so."""
     try:
