@@ -45,7 +45,7 @@ class TrainConfig:
     keep_checkpoints: int = arg(2, "resumable checkpoints kept in <output>/checkpoints (oldest removed first)")
     resume: str = arg(None, "continue from a checkpoint folder, or 'latest' for the newest in <output>/checkpoints (starts afresh when there is none, so a restarted job can always pass it)")
     progress: bool = arg(True, "show a progress bar")
-    log_keys: bool = arg(False, "write the sample keys of every step to <output>/keys/rank<r>.jsonl (to audit the data order)")
+    log_keys: bool = arg(False, "write the sample keys of every step to <output>/keys/rank<r>.jsonl (rank<r>_<corpus>.jsonl in joint runs; to audit the data order)")
 
 
 @dataclass

@@ -41,7 +41,7 @@ class Feed:
 
     ``batch_size`` defaults to the config's; ``weights``: how often each source is drawn (None:
     in proportion to their samples); ``name`` tells the position files of several feeds of one
-    run apart (``data_rank<r>_<name>.json``)."""
+    run apart (``data_rank<r>_<name>.json``, ``keys/rank<r>_<name>.jsonl``)."""
 
     def __init__(
         self, cfg, accelerator: Accelerator, sources: list[ShardSet], decode: SampleDecoder, items_per_sample: int, resume: Path | None,
@@ -50,7 +50,8 @@ class Feed:
         self.cfg, self.sources = cfg, sources
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.batch_size = batch_size or cfg.batch_size
-        self.position_file = f"data_rank{self.rank}{'_' + name if name else ''}.json"
+        suffix = f"_{name}" if name else ""
+        self.position_file = f"data_rank{self.rank}{suffix}.json"
         stream = ShardStream(
             sources, decode, weights=weights, rank=self.rank, world_size=self.world,
             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, pad_to=self.batch_size,
@@ -68,7 +69,7 @@ class Feed:
         self.keys_log = None
         if cfg.log_keys:
             (Path(cfg.output) / "keys").mkdir(parents=True, exist_ok=True)
-            self.keys_log = open(Path(cfg.output) / "keys" / f"rank{self.rank}.jsonl", "a")  # noqa: SIM115 - closed in close()
+            self.keys_log = open(Path(cfg.output) / "keys" / f"rank{self.rank}{suffix}.jsonl", "a")  # noqa: SIM115 - closed in close()
         self._batches = None  # the loader's workers start at the first batch, after the resume
 
     def _identity(self, workers: int) -> dict:

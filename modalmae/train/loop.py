@@ -205,7 +205,9 @@ class _Run:
         if resume is not None:  # logs written after that checkpoint describe steps that run again
             if accelerator.is_main_process:
                 keep_until(self.output / "metrics.jsonl", self.start_step)
-            keep_until(self.output / "keys" / f"rank{accelerator.process_index}.jsonl", self.start_step)
+            rank = accelerator.process_index
+            for log in [self.output / "keys" / f"rank{rank}.jsonl", *(self.output / "keys").glob(f"rank{rank}_*.jsonl")]:
+                keep_until(log, self.start_step)
         if corpora:
             self.feed: Feed | Feeds = Feeds(cfg, accelerator, corpora, resume)
             sources, per_step = self.feed.sources, sum(c.batch_size for c in corpora)
