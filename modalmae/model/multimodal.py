@@ -134,14 +134,12 @@ class MultiModalMAE(nn.Module):
             raise ValueError(f"a sample has none of the modalities {', '.join(names)}")
         return valid
 
-    def _columns(self, owner_keep: Tensor, names: list[str]) -> list[Tensor]:
-        """Per modality, the columns of ``ids_keep`` holding its tokens, which must be the same
-        in every sample (as ``concat_masks`` makes them) for blocks run per modality."""
+    @staticmethod
+    def _columns(owner_keep: Tensor, names: list[str]) -> list[Tensor] | None:
+        """Per modality, the columns of ``ids_keep`` holding its tokens when they are the same in
+        every sample (as ``concat_masks`` makes them); None when they differ (a budget split)."""
         if not (owner_keep == owner_keep[:1]).all():
-            raise ValueError(
-                "modality-specific blocks and pooled features need the same number of visible tokens of each modality in every "
-                "sample (per-modality ratios, concat_masks); a budget split across modalities needs specific_depth=0 and no pooling"
-            )
+            return None
         return [(owner_keep[0] == i).nonzero().flatten() for i in range(len(names))]
 
     # ------------------------------------------------------------------------- encoder
@@ -171,8 +169,14 @@ class MultiModalMAE(nn.Module):
         x, pos = self._embed(names, tokens)
         x = gather_tokens(x, ids_keep)  # [B, Lk, D]
         pos = None if pos is None else gather_tokens(pos, ids_keep)
-        columns = self._columns(owner[ids_keep], names) if self.specific_depth or group.pooled else None
+        owner_keep = owner[ids_keep]  # [B, Lk]
+        columns = self._columns(owner_keep, names) if self.specific_depth or group.pooled else None
         if self.specific_depth:
+            if columns is None:
+                raise ValueError(
+                    "modality-specific blocks need the same number of visible tokens of each modality in every sample "
+                    "(per-modality ratios, concat_masks); a budget split across modalities needs specific_depth=0"
+                )
             parts = x.new_zeros(x.shape)
             for m, cols in zip(names, columns):
                 parts[:, cols] = self.specific[m](x[:, cols], pos=None if pos is None else pos[:, cols])
@@ -180,10 +184,16 @@ class MultiModalMAE(nn.Module):
         keys = None if valid is None else gather_tokens(valid[..., None], ids_keep)[..., 0]  # [B, Lk]
         latent = self.shared(x, None if keys is None else [_bool_keys(keys)] * len(self.shared.blocks), pos=pos)
         pooled = {}
-        if group.pooled:
+        if group.pooled and columns is not None:
             for m, cols in zip(names, columns):
                 alone = self.shared(x[:, cols], pos=None if pos is None else pos[:, cols])  # [B, Lk_m, D]
                 pooled[m] = alone.mean(dim=1)
+        elif group.pooled:  # counts differ by sample: each modality attends only to itself, by mask
+            same = (owner_keep[:, :, None] == owner_keep[:, None, :])[:, None]  # [B, 1, Lk, Lk]
+            alone = self.shared(x, [same] * len(self.shared.blocks), pos=pos)
+            for i, m in enumerate(names):
+                weight = (owner_keep == i).to(alone.dtype)[..., None]  # [B, Lk, 1]
+                pooled[m] = (alone * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)  # zero without visible tokens
         return latent, pooled
 
     # ------------------------------------------------------------------------- decoder
@@ -252,6 +262,12 @@ class MultiModalMAE(nn.Module):
             )
             start += n
         return loss, stats, outputs, pooled
+
+    def visible_counts(self, group: Group) -> dict[str, Tensor]:
+        """{modality: [B]} how many of each modality's tokens each sample shows the encoder."""
+        names = self.order(group.inputs)
+        owner_keep = self._owner(names, group.masks.ids_keep.device)[group.masks.ids_keep]
+        return {m: (owner_keep == i).sum(dim=1) for i, m in enumerate(names)}
 
     def forward(self, *groups: Group) -> MultiModalOutput:
         """Every group's loss, averaged over groups in proportion to their samples."""

@@ -175,7 +175,10 @@ def run_joint_pretraining(config_cls: type, build: Callable[[Any], JointPretrain
         for stream, group, pooled in zip(job.streams, groups, out.pooled):
             if weight and stream.contrast:
                 a, b = stream.contrast
-                valid = torch.ones(group.masks.mask.shape[0], dtype=torch.bool, device=device)
+                # A pair counts when both modalities are there and the encoder saw some of each
+                # (a budget split may give a modality no visible token).
+                counts = accelerator.unwrap_model(model).visible_counts(group)
+                valid = (counts[a] > 0) & (counts[b] > 0)
                 for m in (a, b):
                     valid &= group.present.get(m, valid)
                 term = info_nce(pooled[a], pooled[b], valid=valid)

@@ -135,6 +135,29 @@ def test_budget_split_needs_a_fully_shared_encoder():
         MultiModalMAE(tokenizers(), mae_tiny(), specific_depth=1)(Group(x, masks))
 
 
+def test_pooled_features_under_a_budget_split_are_each_modality_alone():
+    """Per-sample counts differ: the masked pass gives what each sample's modality gives encoded
+    alone, and a modality without visible tokens pools to zero."""
+    torch.manual_seed(0)
+    model = MultiModalMAE(tokenizers(), mae_tiny()).eval()
+    x = inputs(batch=6)
+    masks = dirichlet_masking(torch.ones(6, 2, dtype=torch.bool), [8, 8], 5, alpha=0.3, generator=torch.Generator().manual_seed(1))
+    pooled = model(Group(x, masks, pooled=True)).pooled[0]
+    counts = model.visible_counts(Group(x, masks))
+    assert (counts["audio"] + counts["video"] == 5).all() and len(set(counts["audio"].tolist())) > 1
+    for b in range(6):
+        keep = masks.ids_keep[b]
+        for m, start in (("audio", 0), ("video", 8)):
+            ids = keep[(keep >= start) & (keep < start + 8)] - start
+            if len(ids) == 0:
+                assert pooled[m][b].abs().max() == 0
+                continue
+            alone = concat_masks([random_masking(1, 8, 0.0, generator=torch.Generator())])
+            alone.ids_keep = ids[None]  # this sample's visible tokens of m only
+            expected = model(Group({m: x[m][b : b + 1]}, alone, pooled=True)).pooled[0][m]
+            assert torch.allclose(pooled[m][b], expected[0], atol=1e-5)
+
+
 def test_point_groups_join_with_positions_before_every_block():
     """Point-MAE adds positions before every block; mixed with a modality that adds them once."""
     toks = {"audio": tokenizers()["audio"], "points": PointGroups(embed_dim=192, num_groups=8, group_size=8)}
