@@ -52,14 +52,14 @@ class MultiMAEConfig(JointConfig):
 
 def split_batch(batch_size: int, weights: dict[str, float]) -> dict[str, int]:
     """``batch_size`` shared out in proportion to ``weights`` (largest remainders), at least 1 each."""
-    names = list(weights)
-    if batch_size < len(names):
-        raise SystemExit(f"error: --batch-size {batch_size} cannot hold a sample of each of {len(names)} corpora")
-    total = sum(weights.values())
-    exact = {m: (batch_size - len(names)) * weights[m] / total for m in names}
-    counts = {m: 1 + int(exact[m]) for m in names}
-    for m in sorted(names, key=lambda m: exact[m] - int(exact[m]), reverse=True)[: batch_size - sum(counts.values())]:
-        counts[m] += 1
+    if batch_size < len(weights):
+        raise SystemExit(f"error: --batch-size {batch_size} cannot hold a sample of each of {len(weights)} corpora")
+    ideal = {m: batch_size * w / sum(weights.values()) for m, w in weights.items()}
+    counts = {m: max(1, int(x)) for m, x in ideal.items()}
+    while sum(counts.values()) > batch_size:  # the minimum of 1 overdrew: take from the most over-served
+        counts[max((m for m in counts if counts[m] > 1), key=lambda m: counts[m] - ideal[m])] -= 1
+    while sum(counts.values()) < batch_size:
+        counts[max(counts, key=lambda m: ideal[m] - counts[m])] += 1
     return counts
 
 

@@ -101,3 +101,12 @@ def test_two_processes_of_audio_visual_training_end_with_identical_weights(corpo
     )
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
     assert all(r["contrastive"] > 0 for r in records(tmp_path / "run"))
+
+
+def test_batches_are_shared_out_by_weight_with_a_sample_of_each():
+    split = load_script("recipes/multi_mae.py").split_batch
+    assert split(8, {"audio": 2, "video": 1, "points": 1, "image": 1}) == {"audio": 3, "video": 2, "points": 2, "image": 1}
+    assert split(4, {"a": 100, "b": 1, "c": 1}) == {"a": 2, "b": 1, "c": 1}  # every corpus in every step
+    assert split(10, {"a": 1, "b": 1}) == {"a": 5, "b": 5}
+    with pytest.raises(SystemExit, match="cannot hold a sample of each of 3"):
+        split(2, {"a": 1, "b": 1, "c": 1})
