@@ -28,8 +28,7 @@ import sys
 from dataclasses import dataclass
 
 from modalmae.data.av import AVDecoder
-from modalmae.data.video import BACKENDS, VideoDecoder
-from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES
+from modalmae.data.video import ClipOptions
 from modalmae.masking import random_masking, tube_masking
 from modalmae.model import PRESETS
 from modalmae.model.multimodal import MultiModalMAE
@@ -43,21 +42,14 @@ from modalmae.train.recipe import open_shards
 
 
 @dataclass
-class AVMAEConfig(JointConfig):
+class AVMAEConfig(ClipOptions, JointConfig):
     output: str = arg("runs/av_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
     audio_mask_ratio: float = arg(0.75, "fraction of spectrogram patches masked (CAV-MAE: 0.75)")
     video_mask_ratio: float = arg(0.75, "fraction of video tubes masked (CAV-MAE: 0.75; VideoMAE alone: 0.9)")
     video_masking: str = arg("tube", "tube: one spatial mask for every time slice (VideoMAE); random: independent per tube", choices=("tube", "random"))
     contrastive_weight: float = arg(0.01, "weight of the InfoNCE term between pooled audio and video features (CAV-MAE: 0.01; 0 = reconstruction only)")
-    num_frames: int = arg(16, "video frames per clip")
-    sampling_rate: int = arg(4, "stride between sampled frames")
-    input_size: int = arg(224, "clips are multi-scale cropped and resized to this square size")
     tubelet_size: int = arg(2, "frames per tube")
     patch_size: int = arg(16, "tube height and width in pixels, and the spectrogram patch size")
-    flip: bool = arg(True, "random horizontal flips of the video")
-    video_backend: str = arg("pyav", "video decoder", choices=tuple(BACKENDS))
-    max_frame_pixels: int = arg(MAX_FRAME_PIXELS, "skip videos whose frames have more pixels, before decoding them")
-    max_frames: int = arg(MAX_FRAMES, "skip a video once one sample's clips take more frames than this to decode")
     sample_rate: int = arg(16000, "audio is resampled to this rate before the filterbank")
     audio_frames: int = arg(1024, "filterbank frames per clip (10 ms each; 1024 = 10.24 s, Audio-MAE and CAV-MAE)")
     num_mel_bins: int = arg(128, "mel bins of the filterbank")
@@ -70,11 +62,7 @@ def build(cfg: AVMAEConfig) -> JointPretraining:
     frontend = AudioFrontend(sample_rate=cfg.sample_rate, num_frames=cfg.audio_frames, num_mel_bins=cfg.num_mel_bins, mean=cfg.fbank_mean, std=cfg.fbank_std)
 
     def decoder(train: bool) -> AVDecoder:
-        video = VideoDecoder(
-            num_frames=cfg.num_frames, stride=cfg.sampling_rate, crop_size=cfg.input_size, flip=cfg.flip and train, train=train,
-            backend=cfg.video_backend, max_pixels=cfg.max_frame_pixels, max_frames=cfg.max_frames,
-        )
-        return AVDecoder(video=video, frontend=frontend, audio_seconds=cfg.audio_seconds, train=train)
+        return AVDecoder(video=cfg.video_decoder(train=train), frontend=frontend, audio_seconds=cfg.audio_seconds, train=train)
 
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)
     tokenizers = {

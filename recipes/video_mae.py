@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modalmae.data.video import BACKENDS, VideoDecoder
-from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES
+from modalmae.data.video import ClipOptions
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
@@ -31,29 +30,18 @@ from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
-class VideoMAEConfig(PretrainConfig):
+class VideoMAEConfig(ClipOptions, PretrainConfig):
     output: str = arg("runs/video_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
     mask_ratio: float = arg(0.9, "fraction of tubes masked (VideoMAE: 0.9)")
     masking: str = arg("tube", "tube: one spatial mask for all time slices (VideoMAE); random: independent spacetime masking (MAE-ST)", choices=("tube", "random"))
     decoder_mask_ratio: float = arg(0.0, "fraction of the masked tubes the decoder drops, in VideoMAE V2's running-cell pattern (0 = decode all; V2: 0.5)")
-    num_frames: int = arg(16, "frames per clip")
-    sampling_rate: int = arg(4, "stride between sampled frames (4 for Kinetics-like data, 2 for SSv2-like)")
-    input_size: int = arg(224, "clips are multi-scale cropped and resized to this square size")
     tubelet_size: int = arg(2, "frames per tube")
     patch_size: int = arg(16, "tube height and width in pixels")
     repeated_aug: int = arg(1, "clips sampled from each decoded video (repeated augmentation); each counts toward --batch-size")
-    flip: bool = arg(True, "random horizontal flips (turn off for direction-sensitive data such as SSv2)")
-    video_backend: str = arg("pyav", "decoder: pyav (bundled FFmpeg), decord or torchcodec (if installed)", choices=tuple(BACKENDS))
-    max_frame_pixels: int = arg(MAX_FRAME_PIXELS, "skip videos whose frames have more pixels, before decoding them (3840 x 2160 = 4K; as build_shards.py's flag)")
-    max_frames: int = arg(MAX_FRAMES, "skip a video once decoding one sample's clips takes more frames than this (keyframes far apart)")
 
 
 def build(cfg: VideoMAEConfig) -> Pretraining:
-    decode = VideoDecoder(
-        num_frames=cfg.num_frames, stride=cfg.sampling_rate, crop_size=cfg.input_size,
-        clips_per_video=cfg.repeated_aug, flip=cfg.flip, backend=cfg.video_backend, max_pixels=cfg.max_frame_pixels,
-        max_frames=cfg.max_frames,
-    )
+    decode = cfg.video_decoder(clips_per_video=cfg.repeated_aug)
     # VideoMAE's decoder (4 blocks, narrower than MAE's) for the standard sizes.
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **VIDEOMAE_DECODERS.get(cfg.model, {}))
     tokenizer = VideoTubes(

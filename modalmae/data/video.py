@@ -28,11 +28,13 @@ import io
 import json
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modalmae.flags import arg
 from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES, VIDEO_FORMATS
 from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
 
@@ -263,3 +265,22 @@ class VideoDecoder:
     def __call__(self, sample: dict, rng: random.Random) -> list[dict]:
         meta, clips = self.cut(sample, rng)
         return [{"video": video, "label": meta.get("label")} for _, video in clips]
+
+
+@dataclass
+class ClipOptions:
+    """The clip flags of the recipes that read video (``recipes/video_mae.py``, ``av_mae.py``)."""
+
+    num_frames: int = arg(16, "frames per clip")
+    sampling_rate: int = arg(4, "stride between sampled frames (4 for Kinetics-like data, 2 for SSv2-like)")
+    input_size: int = arg(224, "clips are multi-scale cropped and resized to this square size")
+    flip: bool = arg(True, "random horizontal flips (turn off for direction-sensitive data such as SSv2)")
+    video_backend: str = arg("pyav", "decoder: pyav (bundled FFmpeg), decord or torchcodec (if installed)", choices=tuple(BACKENDS))
+    max_frame_pixels: int = arg(MAX_FRAME_PIXELS, "skip videos whose frames have more pixels, before decoding them (3840 x 2160 = 4K; as build_shards.py's flag)")
+    max_frames: int = arg(MAX_FRAMES, "skip a video once decoding one sample's clips takes more frames than this (keyframes far apart)")
+
+    def video_decoder(self, *, train: bool = True, clips_per_video: int = 1) -> VideoDecoder:
+        return VideoDecoder(
+            num_frames=self.num_frames, stride=self.sampling_rate, crop_size=self.input_size, clips_per_video=clips_per_video,
+            flip=self.flip, backend=self.video_backend, train=train, max_pixels=self.max_frame_pixels, max_frames=self.max_frames,
+        )
