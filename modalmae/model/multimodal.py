@@ -238,24 +238,26 @@ class MultiModalMAE(nn.Module):
         if valid is not None:
             counted = counted * torch.gather(valid, 1, ids_predict)
         owner_predict = owner[ids_predict]  # [B, Lp]
+        columns = self._columns(owner_predict, names)
         loss, stats, outputs, start = latent.new_zeros(()), {}, {}, 0
         for i, (m, n) in enumerate(zip(names, lengths)):
             tokenizer = self.tokenizers[m]
-            # Every head runs on every predicted token (heads are small; a sample's share of each
-            # modality may differ), and only its own modality's tokens count.
-            pred = self.heads[m](h)  # [B, Lp, P_m]
+            if columns is not None:  # per-modality masks: each head on its own modality's columns
+                h_m, ids_m, weight = h[:, columns[i]], ids_predict[:, columns[i]], counted[:, columns[i]]
+            else:  # a sample's share of each modality varies: every head on every token, its own counted
+                h_m, ids_m, weight = h, ids_predict, counted * (owner_predict == i)
+            pred = self.heads[m](h_m)  # [B, Lp_m, P_m]
             target = tokens[m].targets  # [B, L_m, P_m]
             if self.norm_pix[m]:
                 mean, std = tokenizer.target_stats(target)
                 target = (target - mean) / std
-            local = (ids_predict - start).clamp(0, n - 1)
-            weight = counted * (owner_predict == i)
-            per_token = tokenizer.loss(pred, gather_tokens(target, local))  # [B, Lp]
+            local = (ids_m - start).clamp(0, n - 1)
+            per_token = tokenizer.loss(pred, gather_tokens(target, local))  # [B, Lp_m]
             loss = loss + self.loss_weights[m] * weighted_mean(per_token, weight)
             stats[m] = torch.stack([(per_token * weight).sum(), weight.sum()]).detach()
-            index = ids_predict[..., None].expand(-1, -1, pred.shape[-1])
+            index = ids_m[..., None].expand(-1, -1, pred.shape[-1])
             scattered = pred.new_zeros(batch, sum(lengths), pred.shape[-1]).scatter(1, index, pred)[:, start : start + n]
-            loss_mask = torch.zeros_like(group.masks.mask).scatter(1, ids_predict, weight)[:, start : start + n]
+            loss_mask = torch.zeros_like(group.masks.mask).scatter(1, ids_m, weight)[:, start : start + n]
             outputs[m] = MAEOutput(
                 loss=weighted_mean(per_token, weight).detach(), pred=scattered, target=target,
                 mask=group.masks.mask[:, start : start + n], loss_mask=loss_mask,
