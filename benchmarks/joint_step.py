@@ -26,7 +26,9 @@ Measured on 2026-11-29, 2 CPU cores, torch 2.13 CPU, defaults (``--model tiny``)
     video                              299.5  (  293.6 -   302.1)     392 /  1568
     joint (3 specific + 1 shared)      421.8  (  415.7 -   433.1)     520 /  2080
     joint / (audio + video)  1.20  ( 1.17 -  1.21);  joint / audio 7.58 (7.37 - 7.84);  joint / video 1.43 (1.39 - 1.43)
-Most of the joint step's extra ~70 ms is its decoder: 2 blocks over 2080 tokens cost ~45 ms more
+ViT-B (``--model base --rounds 3``, MAE's 8-block decoder): audio 1567 ms, video 5918 ms, joint
+(11 specific + 1 shared) 9101 ms per step; joint / (audio + video) 1.21 (1.10 - 1.24).
+Most of the tiny joint step's extra ~70 ms is its decoder: 2 blocks over 2080 tokens cost ~45 ms more
 than over 512 and 1568 apart (cross-modal attention, which is the method).
 """
 
