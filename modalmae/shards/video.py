@@ -220,14 +220,18 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         warnings.append(f"partial: {why}, kept")
     files = {fmt: stored}
     if options.extract_audio and info["has_audio"]:
-        try:
+        try:  # a bad audio track costs the sample its audio, not its video
             audio = extract_audio(data, options.sample_rate)
+            offset = audio_offset(data) if audio is not None else None
         except Unusable as e:
             audio = None
             warnings.append(f"audio track left out: {e}")
+        except av.FFmpegError as e:
+            audio = None
+            warnings.append(f"audio track left out: not decodable (PyAV: {_message(e)})")
         if audio is not None:
             files["flac"] = audio
-            meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1, "offset": audio_offset(data)}
+            meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1, "offset": offset}
     return Sample(files=files, meta=meta, warning="; ".join(warnings) or None)
 
 

@@ -187,3 +187,30 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_broken_audio_track_costs_the_audio_not_the_video(tmp_path):
+    """Garbage in every audio packet of a real clip: the video is kept, the audio left out with
+    the reason (--extract-audio)."""
+    import random
+
+    src = DATA / "av" / "sintel_2s.mp4"
+    (tmp_path / "in").mkdir()
+    rng = random.Random(0)
+    with av.open(str(src)) as inp, av.open(str(tmp_path / "in" / "broken.mp4"), "w", format="mp4") as out:
+        streams = {s.type: out.add_stream_from_template(s) for s in (inp.streams.video[0], inp.streams.audio[0])}
+        for packet in inp.demux(inp.streams.video[0], inp.streams.audio[0]):
+            if packet.dts is None:
+                continue
+            target = streams[packet.stream.type]
+            if packet.stream.type == "audio":
+                noise = av.Packet(bytes(rng.randrange(256) for _ in range(packet.size)))
+                noise.pts, noise.dts, noise.time_base, noise.duration = packet.pts, packet.dts, packet.time_base, packet.duration
+                packet = noise
+            packet.stream = target
+            out.mux(packet)
+    assert build.main(["--modality", "video", "--extract-audio", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--quiet", "--workers", "1"]) == 0
+    (sample,) = members(tmp_path / "out").values()
+    assert "mp4" in sample and "flac" not in sample
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 1 and "audio track left out: not decodable" in json.dumps(manifest)
