@@ -16,7 +16,13 @@ from the encoder, reconstructed by the decoder), 0 means visible.
 
 Every sample keeps and masks exactly as many tokens as every other (``round(ratio * L)``
 masked, as in MAE's per-sample shuffle), so batches are dense (no padding) and the encoder cost
-is fixed. Randomness comes only from the generator passed in, so a seed reproduces the masks.
+is fixed. The exception is a ratio per sample (``random_masking`` and ``tube_masking`` take a
+[B] tensor of ratios; ``modalmae.masking.schedule``): the index lists are then padded to the
+batch's longest and the padding flagged in ``Masks.keep_valid`` / ``Masks.masked_valid``.
+Randomness comes only from the generator passed in, so a seed reproduces the masks.
+
+More strategies, one module each: ``color`` (ColorMAE), ``motion`` (MGMAE), ``schedule``
+(ratios over steps and per sample).
 """
 
 from __future__ import annotations
@@ -40,6 +46,16 @@ class Masks:
     # [B, Lp] long: the masked tokens the decoder reconstructs (decoder masking, VideoMAE V2);
     # None = all of them.
     ids_predict: Tensor | None = None
+    # Only when samples keep different counts (a ratio per sample): bool [B, Lk] / [B, Lm],
+    # False for the padding slots past a sample's own count. A padding slot of ``ids_keep``
+    # repeats one of the sample's masked tokens, one of ``ids_masked`` a visible token (whose
+    # ``mask`` is 0, so it carries no loss); neither may be attended to.
+    keep_valid: Tensor | None = None
+    masked_valid: Tensor | None = None
+
+    @property
+    def padded(self) -> bool:
+        return self.keep_valid is not None
 
     def to(self, device: torch.device | str) -> "Masks":
         values = (getattr(self, f.name) for f in dataclasses.fields(self))  # astuple would deep-copy
@@ -56,27 +72,46 @@ def num_masked_tokens(num_tokens: int, ratio: float) -> int:
     return int(round(ratio * num_tokens))
 
 
-def masks_from_order(order: Tensor, num_masked: int) -> Masks:
-    """Build ``Masks`` from a per-sample token order [B, L]: the last ``num_masked`` are masked."""
-    num_keep = order.shape[1] - num_masked
-    ids_masked = order[:, num_keep:]
-    mask = torch.zeros(order.shape, device=order.device).scatter_(1, ids_masked, 1.0)  # in token order
-    return Masks(order[:, :num_keep], ids_masked, mask)
+def masks_from_order(order: Tensor, num_masked: int | Tensor) -> Masks:
+    """Build ``Masks`` from a per-sample token order [B, L]: the last ``num_masked`` are masked
+    (one count for all, or a [B] tensor of counts: the index lists are then padded)."""
+    length = order.shape[1]
+    if not isinstance(num_masked, Tensor):
+        num_keep = length - num_masked
+        ids_masked = order[:, num_keep:]
+        mask = torch.zeros(order.shape, device=order.device).scatter_(1, ids_masked, 1.0)  # in token order
+        return Masks(order[:, :num_keep], ids_masked, mask)
+    counts = num_masked.to(order.device)  # [B]
+    most, fewest = int(counts.max()), int(counts.min())
+    slots = torch.arange(length, device=order.device)
+    mask = torch.zeros(order.shape, device=order.device).scatter_(1, order, (slots[None] >= length - counts[:, None]).float())
+    return Masks(
+        ids_keep=order[:, : length - fewest], ids_masked=order[:, length - most :], mask=mask,
+        keep_valid=slots[None, : length - fewest] < (length - counts[:, None]),
+        masked_valid=slots[None, length - most :] >= (length - counts[:, None]),
+    )
+
+
+def _per_sample_counts(ratio: Tensor, num_tokens: int) -> Tensor:
+    if not ((ratio >= 0) & (ratio < 1)).all():
+        raise ValueError(f"mask ratios must be in [0, 1), got {ratio.tolist()}")
+    return torch.round(ratio * num_tokens).long()
 
 
 def random_masking(
     batch_size: int,
     num_tokens: int,
-    ratio: float,
+    ratio: float | Tensor,
     *,
     generator: torch.Generator,
     device: torch.device | str | None = None,
 ) -> Masks:
-    """MAE / Audio-MAE random masking: an independent uniform shuffle per sample.
+    """MAE / Audio-MAE random masking: an independent uniform shuffle per sample (``ratio``: one
+    for all, or [B], one per sample).
 
     The noise is drawn on the generator's device (torch requires it) and moved to ``device``.
     """
-    num_masked = num_masked_tokens(num_tokens, ratio)
+    num_masked = _per_sample_counts(ratio, num_tokens) if isinstance(ratio, Tensor) else num_masked_tokens(num_tokens, ratio)
     noise = torch.rand(batch_size, num_tokens, generator=generator, device=generator.device)
     order = torch.argsort(noise, dim=1)  # [B, L]
     return masks_from_order(order.to(device or generator.device), num_masked)
@@ -85,7 +120,7 @@ def random_masking(
 def tube_masking(
     batch_size: int,
     grid: tuple[int, int, int],
-    ratio: float,
+    ratio: float | Tensor,
     *,
     generator: torch.Generator,
     device: torch.device | str | None = None,
@@ -93,12 +128,21 @@ def tube_masking(
     """VideoMAE's tube masking: one random spatial mask per sample, shared by every time slice.
 
     ``grid`` is (T', H', W') tubes; each sample masks ``round(ratio * H' * W')`` spatial
-    positions in all T' slices, so a masked region cannot be copied from a neighbouring frame.
+    positions in all T' slices, so a masked region cannot be copied from a neighbouring frame
+    (``ratio``: one for all, or [B], one per sample).
     """
     t, h, w = grid
-    per_slice = num_masked_tokens(h * w, ratio)
     noise = torch.rand(batch_size, h * w, generator=generator, device=generator.device)
     spatial = torch.argsort(noise, dim=1)  # [B, HW]: kept positions first, masked last
+    if isinstance(ratio, Tensor):  # each sample's kept positions (every slice) first, then its masked ones
+        per_slice = _per_sample_counts(ratio, h * w).to(spatial.device)  # [B]
+        rank = torch.empty_like(spatial).scatter_(1, spatial, torch.arange(h * w, device=spatial.device).expand_as(spatial))
+        masked = rank >= (h * w - per_slice[:, None])  # [B, HW] in position order
+        slot = torch.arange(t * h * w, device=spatial.device)
+        hidden = masked.repeat(1, t)  # [B, T'HW]: token s * HW + p is masked when position p is
+        order = torch.argsort(hidden.long() * (t * h * w) + slot, dim=1)
+        return masks_from_order(order.to(device or generator.device), t * per_slice)
+    per_slice = num_masked_tokens(h * w, ratio)
     # Every slice repeats the spatial order, offset by its first token index.
     offsets = torch.arange(t, device=spatial.device)[:, None] * (h * w)  # [T', 1]
     keep = (spatial[:, None, : h * w - per_slice] + offsets).flatten(1)
@@ -117,6 +161,8 @@ def running_cell_predict(masks: Masks, grid: tuple[int, int, int], ratio: float 
     keeps too few (never with tube masking over a multiple of 4 slices, where it is exact).
     """
     t, h, w = grid
+    if masks.padded:
+        raise ValueError("decoder masking needs the same number of masked tokens in every sample (one mask ratio, not one per sample)")
     drops = int(4 * ratio)
     if not 0 < drops < 4:
         raise ValueError(f"decoder mask ratio {ratio} leaves no running cell (needs 0.25 <= ratio < 1)")
@@ -135,16 +181,23 @@ def running_cell_predict(masks: Masks, grid: tuple[int, int, int], ratio: float 
     return torch.gather(masks.ids_masked, 1, order)
 
 
-def block_masking(centres: Tensor, ratio: float, *, generator: torch.Generator) -> Masks:
+def block_masking(centres: Tensor, ratio: float | Tensor, *, generator: torch.Generator) -> Masks:
     """Point-MAE's block masking: per sample, a random token and its nearest neighbours (by
-    ``centres`` [B, L, c], e.g. point-group centres) are masked, ``round(ratio * L)`` in all."""
+    ``centres`` [B, L, c], e.g. point-group centres) are masked, ``round(ratio * L)`` in all
+    (``ratio``: one for all, or [B], one per sample)."""
     batch, length, _ = centres.shape
-    num_masked = num_masked_tokens(length, ratio)
+    if isinstance(ratio, Tensor):
+        num_masked = _per_sample_counts(ratio, length).to(centres.device)
+    else:
+        num_masked = num_masked_tokens(length, ratio)
     seed = torch.randint(0, length, (batch,), generator=generator, device=generator.device).to(centres.device)
     rows = torch.arange(batch, device=centres.device)
     dist = (centres - centres[rows, seed][:, None]).pow(2).sum(-1)  # [B, L]
     nearest = torch.argsort(dist, dim=1, stable=True)  # the seed first
-    order = torch.cat([nearest[:, num_masked:], nearest[:, :num_masked]], dim=1)
+    # Kept tokens first (nearest beyond the block, in order), then the block: sort by a key.
+    counts = torch.as_tensor(num_masked, device=centres.device).reshape(-1, 1)
+    rank = torch.arange(length, device=centres.device).expand(batch, -1)
+    order = torch.gather(nearest, 1, torch.argsort(torch.where(rank >= counts, rank - counts, length + rank), dim=1))
     return masks_from_order(order, num_masked)
 
 
@@ -212,6 +265,8 @@ def concat_masks(parts: Sequence[Masks]) -> Masks:
     its own method and ratio) as masks of their concatenation: sequence i's token j becomes
     token ``offset_i + j``. Visible tokens come sequence by sequence, so every sample has the
     same count of each sequence at the same columns of ``ids_keep``."""
+    if any(p.padded for p in parts):
+        raise ValueError("masks with a ratio per sample (padded) cannot be joined; use one ratio per modality")
     offsets = np.cumsum([0] + [p.mask.shape[1] for p in parts[:-1]]).tolist()
 
     def joined(field: str) -> Tensor | None:

@@ -32,6 +32,11 @@ def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def key_mask(valid: Tensor) -> Tensor:
+    """bool [B, N] (False: a token no one may attend to) -> an attention mask [B, 1, 1, N]."""
+    return valid[:, None, None, :]
+
+
 class Encoder(nn.Module):
     """Tokenizer + transformer. ``forward`` gives features of every token (no masking)."""
 
@@ -60,10 +65,11 @@ class Encoder(nn.Module):
     def num_prefix_tokens(self) -> int:
         return 0 if self.cls_token is None else 1
 
-    def encode(self, tokens: Tokens, ids_keep: Tensor | None = None) -> Tensor:
+    def encode(self, tokens: Tokens, ids_keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
         """Tokens -> [B, prefix + Lk, D] features of the kept tokens ``ids_keep`` [B, Lk] (all
         when None). Positions are added to the input, or before every block when the tokenizer
-        says so (``pos_every_block``); the CLS token has none."""
+        says so (``pos_every_block``); the CLS token has none. ``keep_valid`` bool [B, Lk]:
+        False for padding slots (per-sample ratios), which no token attends to."""
         x = tokens.embeddings  # [B, L, D]
         pos = tokens.positions.expand(x.shape[0], -1, -1)  # [B, L, D]
         if ids_keep is not None:
@@ -75,7 +81,11 @@ class Encoder(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
             pos = None if pos is None else torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
-        return self.transformer(x, pos=pos)
+        masks = None
+        if keep_valid is not None:
+            keys = torch.cat([keep_valid.new_ones(x.shape[0], self.num_prefix_tokens), keep_valid], dim=1)
+            masks = [key_mask(keys)] * len(self.transformer.blocks)
+        return self.transformer(x, masks, pos=pos)
 
     def forward(self, x: Tensor) -> Tensor:
         """Inputs of the tokenizer's modality -> [B, prefix + L, D] features."""
@@ -130,8 +140,11 @@ class Decoder(nn.Module):
         # Swin alternates plain and shifted windows, block by block.
         return [masks[i % 2] for i in range(len(self.transformer.blocks))]
 
-    def forward(self, latent: Tensor, tokens: Tokens, *, ids_keep: Tensor, ids_predict: Tensor, num_prefix: int) -> Tensor:
-        """latent [B, prefix + Lk, De] -> predictions [B, Lp, P] at ``ids_predict``."""
+    def forward(
+        self, latent: Tensor, tokens: Tokens, *, ids_keep: Tensor, ids_predict: Tensor, num_prefix: int, valid: Tensor | None = None,
+    ) -> Tensor:
+        """latent [B, prefix + Lk, De] -> predictions [B, Lp, P] at ``ids_predict``; ``valid``
+        bool [B, Lk + Lp]: False for padding slots (per-sample ratios), never attended to."""
         x = self.embed(latent)
         pos = self.positions(tokens).expand(x.shape[0], -1, -1)  # [B, L, Dd]
         pos_visible, pos_predict = gather_tokens(pos, ids_keep), gather_tokens(pos, ids_predict)
@@ -145,6 +158,9 @@ class Decoder(nn.Module):
         attn_masks = None
         if self.window is not None:
             attn_masks = self._window_masks(torch.cat([ids_keep, ids_predict], dim=1), num_prefix)
+        if valid is not None:
+            keys = key_mask(torch.cat([valid.new_ones(x.shape[0], num_prefix), valid], dim=1))
+            attn_masks = [keys if m is None else m & keys for m in attn_masks or [None] * len(self.transformer.blocks)]
         x = self.transformer(x, attn_masks, pos=block_pos)
         return self.head(x[:, x.shape[1] - ids_predict.shape[1] :])  # not -Lp: Lp may be 0
 
@@ -173,9 +189,10 @@ class MaskedAutoencoder(nn.Module):
         """Encode the visible tokens, predict ``masks.ids_predict`` (default: every masked token)."""
         ids_predict = masks.ids_masked if masks.ids_predict is None else masks.ids_predict
         tokens = self.tokenizer(x)
-        latent = self.encoder.encode(tokens, masks.ids_keep)
+        latent = self.encoder.encode(tokens, masks.ids_keep, masks.keep_valid)
+        valid = None if not masks.padded else torch.cat([masks.keep_valid, masks.masked_valid], dim=1)
         pred = self.decoder(
-            latent, tokens, ids_keep=masks.ids_keep, ids_predict=ids_predict, num_prefix=self.encoder.num_prefix_tokens
+            latent, tokens, ids_keep=masks.ids_keep, ids_predict=ids_predict, num_prefix=self.encoder.num_prefix_tokens, valid=valid,
         )
         index = ids_predict[..., None].expand(-1, -1, pred.shape[-1])
         pred_full = torch.zeros_like(tokens.targets, dtype=pred.dtype).scatter(1, index, pred)
