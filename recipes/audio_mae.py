@@ -21,14 +21,14 @@ from modalmae.data.audio import AudioDecoder
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.fbank import AudioFrontend
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
-from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
 class AudioMAEConfig(PretrainConfig):
     output: str = arg("runs/audio_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
-    mask_ratio: float = arg(0.8, "fraction of spectrogram patches masked (Audio-MAE: 0.8)")
+    mask_ratio: MaskRatio = arg(MaskRatio("0.8"), MASK_RATIO_HELP.format(published="Audio-MAE: 0.8"))
     blr: float = arg(2e-4, "base learning rate for an effective batch of 256 (Audio-MAE: 2e-4)")
     sample_rate: int = arg(16000, "audio is resampled to this rate before the filterbank")
     num_frames: int = arg(1024, "filterbank frames per clip (10 ms each; 1024 = 10.24 s); clips are cropped or padded")

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_decode = keep(checkpoint.eval_decoder, "val")
     model = Classifier(checkpoint.encoder, len(classes), pool=cfg.pool, mask_ratio=cfg.mask_ratio).train()
 
-    def loss_fn(model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    def loss_fn(model, batch: dict, generator: torch.Generator, **_) -> torch.Tensor:
         y = torch.tensor([index.get(label, -100) for label in batch["label"]], device=accelerator.device)
         logits = model(model_input(spec, batch, accelerator.device), generator)
         if not (y >= 0).any():  # only unlabelled samples: no loss, but still join the gradient sync

@@ -22,14 +22,14 @@ from modalmae.data.image import ImageDecoder
 from modalmae.formats.schema import MAX_IMAGE_PIXELS
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.image import ImagePatches
-from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
 class ImageMAEConfig(PretrainConfig):
     output: str = arg("runs/image_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
-    mask_ratio: float = arg(0.75, "fraction of patches masked (MAE: 0.75)")
+    mask_ratio: MaskRatio = arg(MaskRatio("0.75"), MASK_RATIO_HELP.format(published="MAE: 0.75"))
     input_size: int = arg(224, "images are randomly resized-cropped to this square size")
     patch_size: int = arg(16, "square patch size in pixels (16 gives 14 x 14 = 196 tokens at 224)")
     min_scale: float = arg(0.2, "smallest share of the image area a training crop covers (MAE: 0.2)")

@@ -30,7 +30,7 @@ from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS
 from modalmae.masking import Masks, dirichlet_masking
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.volume import VolumePatches
-from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.config import MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
@@ -41,7 +41,7 @@ class MRIMAEConfig(PretrainConfig):
     spacing: float = arg(1.0, "voxel spacing in mm the volumes are resampled to (trilinear)")
     crop: int = arg(128, "volumes are cropped / zero-padded to crop^3 voxels centred on the foreground")
     patch_size: int = arg(16, "edge of the cubic patches (tokens) in voxels")
-    mask_ratio: float = arg(0.75, "sets the default --num-visible: (1 - ratio) x the tokens of one sequence")
+    mask_ratio: MaskRatio = arg(MaskRatio("0.75"), "sets --num-visible unless given: (1 - ratio) x the tokens of one sequence; R, or a schedule over the steps: linear:R0:R1 or cosine:R0:R1")
     num_visible: int = arg(None, "visible tokens per subject, split among its sequences (default: from --mask-ratio)")
     dirichlet_alpha: float = arg(1.0, "concentration of the Dirichlet split of the visible tokens among sequences (MultiMAE: 1)")
     four_d: str = arg("split", "4-D files (fMRI, diffusion): each volume an image of its own, or volume t of sequence s as sequence s_t", choices=("split", "channels"))
@@ -59,12 +59,19 @@ def build(cfg: MRIMAEConfig) -> Pretraining:
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)
     tokenizer = VolumePatches(embed_dim=model_cfg.encoder_dim, sequences=cfg.sequences, volume_size=cfg.crop, patch_size=cfg.patch_size)
     per_sequence = tokenizer.tokens_per_sequence
-    num_visible = cfg.num_visible or max(1, round((1 - cfg.mask_ratio) * per_sequence))
-    if not 0 < num_visible < per_sequence:
-        raise SystemExit(f"error: --num-visible must be in 1..{per_sequence - 1} (a subject may have a single sequence of {per_sequence} tokens)")
+    if cfg.mask_ratio.per_sample:
+        raise SystemExit("error: --mask-ratio uniform:LOW:HIGH: the Dirichlet split needs one visible budget for every subject")
 
-    def masking(x: dict, generator: torch.Generator) -> Masks:
-        return dirichlet_masking(x["present"].cpu(), per_sequence, num_visible, alpha=cfg.dirichlet_alpha, generator=generator)
+    def visible(ratio: float) -> int:
+        num_visible = cfg.num_visible or max(1, round((1 - ratio) * per_sequence))
+        if not 0 < num_visible < per_sequence:
+            raise SystemExit(f"error: --num-visible must be in 1..{per_sequence - 1} (a subject may have a single sequence of {per_sequence} tokens)")
+        return num_visible
+
+    visible(cfg.mask_ratio.start)  # refuse a bad budget before training starts
+
+    def masking(x: dict, generator: torch.Generator, ratio: float) -> Masks:
+        return dirichlet_masking(x["present"].cpu(), per_sequence, visible(ratio), alpha=cfg.dirichlet_alpha, generator=generator)
 
     return Pretraining(
         model=MaskedAutoencoder(tokenizer, model_cfg), decode=decode, masking=masking,

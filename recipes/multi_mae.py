@@ -35,7 +35,7 @@ from pathlib import Path
 from modalmae.modalities import MODALITIES
 from modalmae.model import PRESETS
 from modalmae.model.multimodal import MultiModalMAE
-from modalmae.train.config import arg, parse_config
+from modalmae.train.config import MaskRatio, arg, parse_config
 from modalmae.train.feed import Corpus
 from modalmae.train.joint import JointConfig, JointPretraining, Stream, parse_weights, run_joint_pretraining
 from modalmae.train.recipe import open_shards
@@ -101,7 +101,11 @@ def build(cfg: MultiMAEConfig) -> JointPretraining:
         part_cfg, part = recipe_part(modality, locations, cfg.model, flags.get(modality, ""))
         spec, tokenizer = MODALITIES[modality], part.model.tokenizer
         tokenizers[modality], norm_pix[modality] = tokenizer, part.model.config.norm_pix_loss
-        masking[modality] = part.masking or (lambda x, generator, spec=spec, tok=tokenizer, ratio=part_cfg.mask_ratio: spec.masking(tok, x, ratio, generator))
+        ratio = MaskRatio(part_cfg.mask_ratio)
+        if ratio.kind != "constant":
+            raise SystemExit(f"error: --recipe-flags {modality}: --mask-ratio {ratio}: a joint run masks each modality at one ratio")
+        own = part.masking or (lambda x, generator, r, spec=spec, tok=tokenizer: spec.masking(tok, x, r, generator))
+        masking[modality] = lambda x, generator, own=own, r=ratio.start: own(x, generator, r)
         extra.update(part.extra)
         corpus = Corpus(
             name=modality, sources=open_shards(locations, spec.shard_kinds), decode=part.decode, batch_size=sizes[modality],

@@ -26,7 +26,7 @@ from modalmae.formats.schema import MAX_POINTS
 from modalmae.masking import Masks, block_masking, random_masking
 from modalmae.model import POINTMAE_DECODERS, PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.points import PointGroups
-from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
@@ -34,7 +34,7 @@ from modalmae.train.recipe import Pretraining, run_pretraining
 class PointMAEConfig(PretrainConfig):
     output: str = arg("runs/point_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
     model: str = arg("small", "model size preset (Point-MAE: small, 384 wide, with a 4-block 384-wide decoder)", choices=("tiny", "small", "base", "large"))
-    mask_ratio: float = arg(0.6, "fraction of point groups masked (Point-MAE: 0.6)")
+    mask_ratio: MaskRatio = arg(MaskRatio("0.6"), MASK_RATIO_HELP.format(published="Point-MAE: 0.6"))
     masking: str = arg("random", "random groups, or block: a random group and its nearest neighbours", choices=("random", "block"))
     norm_pix_loss: bool = arg(False, "must stay off: point groups are compared as sets (Chamfer)")
     blr: float = arg(1e-3 * 256 / 128, "base learning rate for an effective batch of 256 (Point-MAE: 1e-3 at batch 128)")
@@ -58,10 +58,10 @@ def build(cfg: PointMAEConfig) -> Pretraining:
     model_cfg = PRESETS[cfg.model](norm_pix_loss=False, **POINTMAE_DECODERS.get(cfg.model, {}))
     tokenizer = PointGroups(embed_dim=model_cfg.encoder_dim, num_groups=cfg.num_groups, group_size=cfg.group_size, loss=cfg.loss)
 
-    def masking(x: torch.Tensor, generator: torch.Generator) -> Masks:
+    def masking(x: torch.Tensor, generator: torch.Generator, ratio: float | torch.Tensor) -> Masks:
         if cfg.masking == "block":
-            return block_masking(x[:, :, 0], cfg.mask_ratio, generator=generator)  # x: packed groups, centre first
-        return random_masking(x.shape[0], cfg.num_groups, cfg.mask_ratio, generator=generator)
+            return block_masking(x[:, :, 0], ratio, generator=generator)  # x: packed groups, centre first
+        return random_masking(x.shape[0], cfg.num_groups, ratio, generator=generator)
 
     return Pretraining(
         model=MaskedAutoencoder(tokenizer, model_cfg), decode=decode, masking=masking,

@@ -25,14 +25,14 @@ from modalmae.data.video import ClipOptions
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
-from modalmae.train.config import PretrainConfig, arg
+from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
 class VideoMAEConfig(ClipOptions, PretrainConfig):
     output: str = arg("runs/video_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
-    mask_ratio: float = arg(0.9, "fraction of tubes masked (VideoMAE: 0.9)")
+    mask_ratio: MaskRatio = arg(MaskRatio("0.9"), MASK_RATIO_HELP.format(published="VideoMAE: 0.9"))
     masking: str = arg("tube", "tube: one spatial mask for all time slices (VideoMAE); random: independent spacetime masking (MAE-ST)", choices=("tube", "random"))
     decoder_mask_ratio: float = arg(0.0, "fraction of the masked tubes the decoder drops, in VideoMAE V2's running-cell pattern (0 = decode all; V2: 0.5)")
     tubelet_size: int = arg(2, "frames per tube")
@@ -50,11 +50,14 @@ def build(cfg: VideoMAEConfig) -> Pretraining:
     )
     grid = tokenizer.grid
 
-    def masking(x: torch.Tensor, generator: torch.Generator) -> Masks:
+    if cfg.decoder_mask_ratio > 0 and cfg.mask_ratio.per_sample:
+        raise SystemExit("error: --decoder-mask-ratio needs one --mask-ratio for every sample (not uniform:LOW:HIGH)")
+
+    def masking(x: torch.Tensor, generator: torch.Generator, ratio: float | torch.Tensor) -> Masks:
         if cfg.masking == "tube":
-            masks = tube_masking(x.shape[0], grid, cfg.mask_ratio, generator=generator)
+            masks = tube_masking(x.shape[0], grid, ratio, generator=generator)
         else:
-            masks = random_masking(x.shape[0], tokenizer.num_tokens, cfg.mask_ratio, generator=generator)
+            masks = random_masking(x.shape[0], tokenizer.num_tokens, ratio, generator=generator)
         if cfg.decoder_mask_ratio > 0:
             masks = masks.with_decoder_masking(running_cell_predict(masks, grid, cfg.decoder_mask_ratio, generator=generator))
         return masks

@@ -48,12 +48,12 @@ def pretrain_with(decode, shards, run, *extra):
 
     cfg = parse_config(PretrainConfig, ["--shards", str(shards), "--output", str(run), "--model", "tiny", "--batch-size", "4",
                                         "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "1", "--workers", "1", "--no-progress",
-                                        "--log-keys", *extra])
+                                        "--log-keys", "--mask-ratio", "0.8", *extra])
     model = MaskedAutoencoder(SpectrogramPatches(embed_dim=192, num_frames=FRAMES), mae_tiny())
     spec = MODALITIES["audio"]
     return pretrain(
         cfg, accelerator=Accelerator(cpu=True), spec=spec, model=model, decode=decode,
-        masking=lambda x, g: spec.masking(model.tokenizer, x, 0.8, g), save_extra={"frontend": AudioFrontend(num_frames=FRAMES).config()},
+        masking=lambda x, g, ratio: spec.masking(model.tokenizer, x, ratio, g), save_extra={"frontend": AudioFrontend(num_frames=FRAMES).config()},
     )
 
 

@@ -11,8 +11,15 @@ import argparse
 from dataclasses import dataclass
 
 from modalmae.flags import add_flags, arg
+from modalmae.masking.schedule import MaskRatio
 
-__all__ = ["PretrainConfig", "TrainConfig", "arg", "build_parser", "parse_config"]
+# The help of every recipe's --mask-ratio (``published``: the method's value).
+MASK_RATIO_HELP = (
+    "fraction of tokens masked ({published}): R, or a schedule from step 1 to the last, linear:R0:R1 or "
+    "cosine:R0:R1, or uniform:LOW:HIGH for a ratio drawn per sample"
+)
+
+__all__ = ["MASK_RATIO_HELP", "MaskRatio", "PretrainConfig", "TrainConfig", "arg", "build_parser", "parse_config"]
 
 
 @dataclass
@@ -53,8 +60,12 @@ class PretrainConfig(TrainConfig):
     """Flags shared by every pretraining recipe."""
 
     model: str = arg("base", "model size preset", choices=("tiny", "small", "base", "large"))
-    mask_ratio: float = arg(0.75, "fraction of tokens masked in every sample")
+    mask_ratio: MaskRatio = arg(MaskRatio("0.75"), MASK_RATIO_HELP.format(published="MAE: 0.75"))
     norm_pix_loss: bool = arg(True, "normalize each target patch by its own mean and std before the MSE")
+    teacher: str = arg(None, "distil this encoder into the model (DMAE): a model folder or any published checkpoint load_encoder reads, with the same token grid; frozen, run on the visible tokens up to --teacher-layer only")
+    distill_layer: int = arg(None, "the model's block whose output (visible tokens, projected to the teacher's width) is matched to the teacher's (default: 3/4 of the depth; DMAE: 9 of 12)")
+    teacher_layer: int = arg(None, "the teacher's block it is matched to (default: the same fraction of the teacher's depth; DMAE: 18 of ViT-L's 24)")
+    distill_weight: float = arg(1.0, "weight of the feature loss (normalized L1, DMAE: 1) next to the pixel loss")
 
 
 def build_parser(cls: type, *, description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:

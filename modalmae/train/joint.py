@@ -41,7 +41,7 @@ from modalmae.masking import Masks, concat_masks, dirichlet_masking, random_mask
 from modalmae.modalities import MODALITIES, model_input
 from modalmae.model.contrastive import audio_visual_retrieval, info_nce
 from modalmae.model.multimodal import Group, MultiModalMAE
-from modalmae.train.config import PretrainConfig, arg, parse_config
+from modalmae.train.config import MaskRatio, PretrainConfig, arg, parse_config
 from modalmae.train.feed import Corpus
 from modalmae.train.loop import TrainResult, print_outputs, train
 from modalmae.train.recipe import open_shards, output_folder
@@ -115,7 +115,7 @@ def make_group(
     if cfg.masking_across == "dirichlet":
         lengths, batch_size = model.lengths(names), len(batch["__key__"])
         have = torch.stack([present.get(m, torch.ones(batch_size, dtype=torch.bool, device=device)) for m in names], dim=1).cpu()
-        budget = cfg.num_visible or max(1, round((1 - cfg.mask_ratio) * sum(lengths)))
+        budget = cfg.num_visible or max(1, round((1 - MaskRatio(cfg.mask_ratio).start) * sum(lengths)))
         masks = dirichlet_masking(have, lengths, budget, alpha=cfg.dirichlet_alpha, generator=generator)
     else:
         masks = concat_masks([job.masking[m](inputs[m], generator) for m in names])
@@ -157,6 +157,10 @@ def run_joint_pretraining(config_cls: type, build: Callable[[Any], JointPretrain
     output_folder(cfg.output)
     if cfg.eval_every and not cfg.eval_shards:
         raise SystemExit("error: --eval-every needs --eval-shards")
+    if cfg.teacher:
+        raise SystemExit("error: --teacher: distillation is for single-modality recipes")
+    if MaskRatio(cfg.mask_ratio).kind != "constant":
+        raise SystemExit(f"error: --mask-ratio {cfg.mask_ratio}: a joint run's budget is one ratio (schedules and per-sample ratios are for single-modality recipes)")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
     job = build(cfg)
@@ -165,7 +169,7 @@ def run_joint_pretraining(config_cls: type, build: Callable[[Any], JointPretrain
     device = accelerator.device
     weight = getattr(cfg, "contrastive_weight", 0.0)
 
-    def loss_fn(model: torch.nn.Module, batches: dict, generator: torch.Generator):
+    def loss_fn(model: torch.nn.Module, batches: dict, generator: torch.Generator, **_):
         groups = [
             make_group(job, cfg, s.modalities, batches[s.corpus.name], generator, device, pooled=bool(weight and s.contrast))
             for s in job.streams

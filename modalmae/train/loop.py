@@ -1,6 +1,6 @@
 """The training loop every recipe shares, on Hugging Face Accelerate.
 
-``train`` runs any objective given as ``loss_fn(model, batch, generator) -> loss``: masked
+``train`` runs any objective given as ``loss_fn(model, batch, generator, step=, total=) -> loss``: masked
 reconstruction (``pretrain``, with the modality's loss from its spec) or classification
 (``recipes/finetune.py``). It reads as its phases: set-up and resume (``_Run.__init__``),
 data (``Feed``), the step (``_Run.step``), metrics (``_Metrics``), checkpoints
@@ -50,14 +50,17 @@ from modalmae.checkpoint import load_pretrained, save_pretrained, state_digest
 from modalmae.data.shards import ShardSet, resolve_shards
 from modalmae.data.stream import SampleDecoder
 from modalmae.masking import Masks
+from modalmae.masking.schedule import MaskRatio
 from modalmae.modalities import ModalitySpec, model_input
 from modalmae.model import MaskedAutoencoder
+from modalmae.model.distill import DistilledMAE
 from modalmae.train.feed import Corpus, Feed, Feeds
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "trainer_state.json"
 
-LossFn = Callable[[torch.nn.Module, dict, torch.Generator], "torch.Tensor | tuple[torch.Tensor, dict]"]
+# (model, batch, generator, *, step, total) -> loss, or (loss, {name: tensor([sum, count])})
+LossFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, dict]"]
 
 
 @dataclass
@@ -269,7 +272,7 @@ class _Run:
         for _ in range(cfg.grad_accum):
             self.batch = self.feed.next(step)
             with accelerator.accumulate(self.model):
-                loss = loss_fn(self.model, self.batch, self.generator)
+                loss = loss_fn(self.model, self.batch, self.generator, step=step, total=self.max_steps)
                 loss, extra = loss if isinstance(loss, tuple) else (loss, {})
                 nonfinite += (~torch.isfinite(loss.detach())).float()
                 accelerator.backward(loss)
@@ -387,7 +390,8 @@ def train(
     """Train ``model`` on ``shards`` (default: ``cfg.shards`` resolved, and checked to hold
     ``modality`` shards when given) for ``cfg.max_steps`` optimizer steps (or ``cfg.epochs``
     passes over the data, each sample giving ``items_per_sample`` items after ``decode``),
-    minimizing ``loss_fn(model, batch, generator)``. ``loss_fn`` may also return ``(loss,
+    minimizing ``loss_fn(model, batch, generator, step=step, total=max_steps)`` (the optimizer
+    step, 1-based, and the run's last). ``loss_fn`` may also return ``(loss,
     {name: tensor([sum, count])})``: figures logged in metrics.jsonl as sum / count over the
     steps since the last line and over processes (null when the count is 0), such as the
     per-sequence losses of multi-sequence MRI.
@@ -426,31 +430,48 @@ def pretrain(
     *,
     accelerator: Accelerator,
     spec: ModalitySpec,
-    model: MaskedAutoencoder,
+    model: MaskedAutoencoder | DistilledMAE,
     decode: SampleDecoder,
-    masking: Callable[[torch.Tensor | dict, torch.Generator], Masks],
+    masking: Callable[[torch.Tensor | dict, torch.Generator, "float | torch.Tensor"], Masks],
     items_per_sample: int = 1,
     save_extra: dict | None = None,
     shards: ShardSet | list[ShardSet] | None = None,
 ) -> TrainResult:
     """Masked-autoencoder pretraining of a ``spec`` modality with ``train``: the model's input
-    is made of the spec's batch keys, ``masking(x, generator)`` draws the masks of a batch ``x``,
-    the loss is the spec's (default: the model's mean over masked tokens); the model is saved
-    to ``<output>/model`` with ``save_extra`` (what ``spec.decoder`` needs to rebuild the data
-    pipeline from the checkpoint)."""
+    is made of the spec's batch keys, ``masking(x, generator, ratio)`` draws the masks of a
+    batch ``x`` at the ratio ``cfg.mask_ratio`` (a ``MaskRatio``) gives for the step (a float,
+    or [B] per sample), the loss is the spec's (default: the model's mean over masked tokens),
+    and the ratio is logged as ``mask_ratio``; the model is saved to ``<output>/model`` with
+    ``save_extra`` (what ``spec.decoder`` needs to rebuild the data pipeline from the
+    checkpoint)."""
+    schedule = MaskRatio(cfg.mask_ratio)
 
-    def loss_fn(model: torch.nn.Module, batch: dict, generator: torch.Generator):
+    def loss_fn(model: torch.nn.Module, batch: dict, generator: torch.Generator, *, step: int, total: int):
         x = model_input(spec, batch, accelerator.device)
-        out = model(x, masking(x, generator).to(accelerator.device))
-        return out.loss if spec.loss is None else spec.loss(out, accelerator.unwrap_model(model).tokenizer)
+        ratio = schedule.draw(len(batch["__key__"]), step, total, generator=generator)
+        out = model(x, masking(x, generator, ratio).to(accelerator.device))
+        out, feature_loss = out if isinstance(out, tuple) else (out, None)  # a DistilledMAE adds the feature loss
+        loss, figures = (out.loss, {}) if spec.loss is None else spec.loss(out, accelerator.unwrap_model(model).tokenizer)
+        if feature_loss is not None:
+            figures["pixel_loss"] = torch.stack([loss.detach(), loss.new_ones(())])
+            figures["feature_loss"] = torch.stack([feature_loss.detach(), feature_loss.new_ones(())])
+            loss = loss + accelerator.unwrap_model(model).weight * feature_loss
+        ratios = torch.as_tensor(ratio, dtype=torch.float64).reshape(-1)
+        figures["mask_ratio"] = torch.stack([ratios.sum(), ratios.new_tensor(len(ratios))]).to(loss.device)
+        return loss, figures
 
     def save(unwrapped: torch.nn.Module, state: dict, output: Path) -> None:
+        if isinstance(unwrapped, DistilledMAE):  # the student alone: the teacher and projection stay behind
+            unwrapped, state = unwrapped.student, {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
         save_pretrained(unwrapped, output / "model", extra=save_extra, state=state)
 
-    return train(
+    result = train(
         cfg, accelerator=accelerator, model=model, decode=decode, loss_fn=loss_fn, items_per_sample=items_per_sample,
         save=save, shards=shards, modality=spec.name,
     )
+    if isinstance(result.model, DistilledMAE):
+        result = dataclasses.replace(result, model=result.model.student)
+    return result
 
 
 def print_outputs(result: TrainResult, *, shards: str, picture: Path | None = None) -> None:

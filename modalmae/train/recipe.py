@@ -12,8 +12,9 @@
 
 ``run_pretraining`` parses the flags (the recipe's docstring is the ``--help`` text), starts
 Accelerate, seeds every process alike, builds, trains with ``modalmae.train.loop.pretrain`` (the
-shards must be of the recipe's modality), draws the modality's picture of the last batch and
-prints where everything went.
+shards must be of the recipe's modality; ``--mask-ratio`` may be a schedule or a per-sample
+range, ``--teacher`` adds DMAE's distillation), draws the modality's picture of the last batch
+and prints where everything went.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from accelerate.utils import set_seed
 from modalmae.data.shards import ShardSet, resolve_shards
 from modalmae.data.stream import SampleDecoder
 from modalmae.masking import Masks
+from modalmae.masking.schedule import MaskRatio
 from modalmae.modalities import MODALITIES, model_input
+from modalmae.checkpoint import CheckpointError, load_encoder
 from modalmae.model import MaskedAutoencoder
+from modalmae.model.distill import DistilledMAE, Distillation, Teacher, default_layer, matching_layer
 from modalmae.train.config import parse_config
 from modalmae.train.loop import pretrain, print_outputs
 
@@ -44,8 +48,9 @@ class Pretraining:
     model: MaskedAutoencoder
     decode: SampleDecoder
     extra: dict = field(default_factory=dict)  # saved with the model: what the spec's decoder needs to rebuild the data pipeline
-    # (batch input, generator) -> Masks; default: the modality's published masking at --mask-ratio
-    masking: Callable[[torch.Tensor | dict, torch.Generator], Masks] | None = None
+    # (batch input, generator, ratio) -> Masks at the step's ratio (a float, or [B] per sample:
+    # ``modalmae.masking.schedule``); default: the modality's published masking
+    masking: Callable[[torch.Tensor | dict, torch.Generator, "float | torch.Tensor"], Masks] | None = None
     items_per_sample: int = 1  # items the decoder makes of one sample (repeated augmentation)
 
 
@@ -74,6 +79,19 @@ def open_shards(specs: list[str], modality: str | tuple[str, ...], *, flag: str 
         raise SystemExit(f"error: {flag}: {e}") from None
 
 
+def distilled(student: MaskedAutoencoder, cfg, device) -> DistilledMAE:
+    """The student wrapped with DMAE's distillation from ``--teacher`` (errors end the program)."""
+    try:
+        encoder, _ = load_encoder(cfg.teacher, map_location=str(device))
+        depth, teacher_depth = student.config.encoder_depth, len(encoder.transformer.blocks)
+        layer = cfg.distill_layer or default_layer(depth)
+        teacher_layer = cfg.teacher_layer or matching_layer(layer, student_depth=depth, teacher_depth=teacher_depth)
+        teacher = Teacher(encoder, layer=teacher_layer)
+        return DistilledMAE(student, Distillation(teacher, student=student, student_layer=layer, weight=cfg.distill_weight))
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f"error: --teacher {cfg.teacher}: {e}") from None
+
+
 def run_pretraining(modality: str, config_cls: type, build: Callable[[Any], Pretraining], argv: list[str] | None, *, doc: str) -> int:
     spec = MODALITIES[modality]
     head, _, rest = doc.partition("\n\n")
@@ -83,15 +101,17 @@ def run_pretraining(modality: str, config_cls: type, build: Callable[[Any], Pret
     shards = open_shards(cfg.shards, modality)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
     job = build(cfg)
-    masking = job.masking or (lambda x, generator: spec.masking(job.model.tokenizer, x, cfg.mask_ratio, generator))
+    model = job.model if cfg.teacher is None else distilled(job.model, cfg, accelerator.device)
+    masking = job.masking or (lambda x, generator, ratio: spec.masking(job.model.tokenizer, x, ratio, generator))
     result = pretrain(
-        cfg, accelerator=accelerator, spec=spec, model=job.model, decode=job.decode, masking=masking,
+        cfg, accelerator=accelerator, spec=spec, model=model, decode=job.decode, masking=masking,
         items_per_sample=job.items_per_sample, save_extra=job.extra, shards=shards,
     )
     if accelerator.is_main_process:
         x = model_input(spec, result.last_batch, accelerator.device, rows=slice(0, 1))
-        # Draw every masked token, also those a decoder-masked step would skip.
-        masks = replace(masking(x, torch.Generator().manual_seed(cfg.seed)), ids_predict=None).to(accelerator.device)
+        # Draw every masked token, also those a decoder-masked step would skip, at the last step's ratio.
+        ratio = MaskRatio(cfg.mask_ratio).at(result.step, result.step)
+        masks = replace(masking(x, torch.Generator().manual_seed(cfg.seed), ratio), ids_predict=None).to(accelerator.device)
         picture = spec.picture(
             result.model, x, masks, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}",
         )
