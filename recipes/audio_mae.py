@@ -21,14 +21,16 @@ from modalmae.data.audio import AudioDecoder
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.fbank import AudioFrontend
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
+from modalmae.masking.color import ColorOptions
 from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
-class AudioMAEConfig(PretrainConfig):
+class AudioMAEConfig(ColorOptions, PretrainConfig):
     output: str = arg("runs/audio_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
     mask_ratio: MaskRatio = arg(MaskRatio("0.8"), MASK_RATIO_HELP.format(published="Audio-MAE: 0.8"))
+    masking: str = arg("random", "random: uniform per sample (Audio-MAE); color: thresholded filtered noise over the time x frequency patch grid (ColorMAE, --noise-color)", choices=("random", "color"))
     blr: float = arg(2e-4, "base learning rate for an effective batch of 256 (Audio-MAE: 2e-4)")
     sample_rate: int = arg(16000, "audio is resampled to this rate before the filterbank")
     num_frames: int = arg(1024, "filterbank frames per clip (10 ms each; 1024 = 10.24 s); clips are cropped or padded")
@@ -50,7 +52,10 @@ def build(cfg: AudioMAEConfig) -> Pretraining:
         embed_dim=model_cfg.encoder_dim, num_frames=cfg.num_frames, num_mel_bins=cfg.num_mel_bins, patch_size=cfg.patch_size
     )
 
-    return Pretraining(model=MaskedAutoencoder(tokenizer, model_cfg), decode=AudioDecoder(frontend), extra={"frontend": frontend.config()})
+    return Pretraining(
+        model=MaskedAutoencoder(tokenizer, model_cfg), decode=AudioDecoder(frontend), extra={"frontend": frontend.config()},
+        masking=cfg.color_masks(tokenizer.grid) if cfg.masking == "color" else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

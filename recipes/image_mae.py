@@ -22,14 +22,16 @@ from modalmae.data.image import ImageDecoder
 from modalmae.formats.schema import MAX_IMAGE_PIXELS
 from modalmae.model import PRESETS, MaskedAutoencoder
 from modalmae.tokenizers.image import ImagePatches
+from modalmae.masking.color import ColorOptions
 from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
-class ImageMAEConfig(PretrainConfig):
+class ImageMAEConfig(ColorOptions, PretrainConfig):
     output: str = arg("runs/image_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
     mask_ratio: MaskRatio = arg(MaskRatio("0.75"), MASK_RATIO_HELP.format(published="MAE: 0.75"))
+    masking: str = arg("random", "random: uniform per sample (MAE); color: thresholded filtered noise (ColorMAE, --noise-color)", choices=("random", "color"))
     input_size: int = arg(224, "images are randomly resized-cropped to this square size")
     patch_size: int = arg(16, "square patch size in pixels (16 gives 14 x 14 = 196 tokens at 224)")
     min_scale: float = arg(0.2, "smallest share of the image area a training crop covers (MAE: 0.2)")
@@ -45,6 +47,7 @@ def build(cfg: ImageMAEConfig) -> Pretraining:
         model=MaskedAutoencoder(tokenizer, model_cfg),
         decode=ImageDecoder(image_size=cfg.input_size, min_scale=cfg.min_scale, flip=cfg.flip, max_pixels=cfg.max_pixels),
         extra={"image": {"min_scale": cfg.min_scale}},
+        masking=cfg.color_masks(tokenizer.grid) if cfg.masking == "color" else None,
     )
 
 

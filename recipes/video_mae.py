@@ -25,15 +25,17 @@ from modalmae.data.video import ClipOptions
 from modalmae.masking import Masks, random_masking, running_cell_predict, tube_masking
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
+from modalmae.masking.color import ColorOptions
 from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
 
 @dataclass
-class VideoMAEConfig(ClipOptions, PretrainConfig):
+class VideoMAEConfig(ClipOptions, ColorOptions, PretrainConfig):
     output: str = arg("runs/video_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
     mask_ratio: MaskRatio = arg(MaskRatio("0.9"), MASK_RATIO_HELP.format(published="VideoMAE: 0.9"))
-    masking: str = arg("tube", "tube: one spatial mask for all time slices (VideoMAE); random: independent spacetime masking (MAE-ST)", choices=("tube", "random"))
+    masking: str = arg("tube", "tube: one spatial mask for all time slices (VideoMAE); random: independent spacetime masking (MAE-ST); color: thresholded filtered noise (ColorMAE, --noise-color) as tubes, or per slice with --noise-per-frame", choices=("tube", "random", "color"))
+    noise_per_frame: bool = arg(False, "with --masking color: a noise field per time slice instead of one for the whole clip")
     decoder_mask_ratio: float = arg(0.0, "fraction of the masked tubes the decoder drops, in VideoMAE V2's running-cell pattern (0 = decode all; V2: 0.5)")
     tubelet_size: int = arg(2, "frames per tube")
     patch_size: int = arg(16, "tube height and width in pixels")
@@ -53,9 +55,13 @@ def build(cfg: VideoMAEConfig) -> Pretraining:
     if cfg.decoder_mask_ratio > 0 and cfg.mask_ratio.per_sample:
         raise SystemExit("error: --decoder-mask-ratio needs one --mask-ratio for every sample (not uniform:LOW:HIGH)")
 
+    color = cfg.color_masks(grid, per_frame=cfg.noise_per_frame)
+
     def masking(x: torch.Tensor, generator: torch.Generator, ratio: float | torch.Tensor) -> Masks:
         if cfg.masking == "tube":
             masks = tube_masking(x.shape[0], grid, ratio, generator=generator)
+        elif cfg.masking == "color":
+            masks = color(x, generator, ratio)
         else:
             masks = random_masking(x.shape[0], tokenizer.num_tokens, ratio, generator=generator)
         if cfg.decoder_mask_ratio > 0:

@@ -92,10 +92,24 @@ def masks_from_order(order: Tensor, num_masked: int | Tensor) -> Masks:
     )
 
 
-def _per_sample_counts(ratio: Tensor, num_tokens: int) -> Tensor:
+def per_sample_counts(ratio: Tensor, num_tokens: int) -> Tensor:
     if not ((ratio >= 0) & (ratio < 1)).all():
         raise ValueError(f"mask ratios must be in [0, 1), got {ratio.tolist()}")
     return torch.round(ratio * num_tokens).long()
+
+
+def slices_order(spatial: Tensor, per_slice: Tensor) -> Tensor:
+    """A token order (kept first, then masked; each in token order) from per-slice position
+    orders ``spatial`` [B, T', HW] (kept positions first) and each sample's masked count per
+    slice ``per_slice`` [B]: token ``s * HW + p`` is masked when ``p`` is among the last
+    ``per_slice`` of slice s's order."""
+    batch, slices, area = spatial.shape
+    per_slice = per_slice.to(spatial.device)
+    positions = torch.arange(area, device=spatial.device).expand_as(spatial)
+    rank = torch.empty_like(spatial).scatter_(2, spatial, positions)  # [B, T', HW] rank of each position
+    hidden = (rank >= (area - per_slice[:, None, None])).flatten(1)  # [B, T'HW]
+    slot = torch.arange(slices * area, device=spatial.device)
+    return torch.argsort(hidden.long() * (slices * area) + slot, dim=1)
 
 
 def random_masking(
@@ -111,7 +125,7 @@ def random_masking(
 
     The noise is drawn on the generator's device (torch requires it) and moved to ``device``.
     """
-    num_masked = _per_sample_counts(ratio, num_tokens) if isinstance(ratio, Tensor) else num_masked_tokens(num_tokens, ratio)
+    num_masked = per_sample_counts(ratio, num_tokens) if isinstance(ratio, Tensor) else num_masked_tokens(num_tokens, ratio)
     noise = torch.rand(batch_size, num_tokens, generator=generator, device=generator.device)
     order = torch.argsort(noise, dim=1)  # [B, L]
     return masks_from_order(order.to(device or generator.device), num_masked)
@@ -134,14 +148,9 @@ def tube_masking(
     t, h, w = grid
     noise = torch.rand(batch_size, h * w, generator=generator, device=generator.device)
     spatial = torch.argsort(noise, dim=1)  # [B, HW]: kept positions first, masked last
-    if isinstance(ratio, Tensor):  # each sample's kept positions (every slice) first, then its masked ones
-        per_slice = _per_sample_counts(ratio, h * w).to(spatial.device)  # [B]
-        rank = torch.empty_like(spatial).scatter_(1, spatial, torch.arange(h * w, device=spatial.device).expand_as(spatial))
-        masked = rank >= (h * w - per_slice[:, None])  # [B, HW] in position order
-        slot = torch.arange(t * h * w, device=spatial.device)
-        hidden = masked.repeat(1, t)  # [B, T'HW]: token s * HW + p is masked when position p is
-        order = torch.argsort(hidden.long() * (t * h * w) + slot, dim=1)
-        return masks_from_order(order.to(device or generator.device), t * per_slice)
+    if isinstance(ratio, Tensor):
+        per_slice = per_sample_counts(ratio, h * w)
+        return masks_from_order(slices_order(spatial[:, None].expand(-1, t, -1), per_slice).to(device or generator.device), t * per_slice)
     per_slice = num_masked_tokens(h * w, ratio)
     # Every slice repeats the spatial order, offset by its first token index.
     offsets = torch.arange(t, device=spatial.device)[:, None] * (h * w)  # [T', 1]
@@ -187,7 +196,7 @@ def block_masking(centres: Tensor, ratio: float | Tensor, *, generator: torch.Ge
     (``ratio``: one for all, or [B], one per sample)."""
     batch, length, _ = centres.shape
     if isinstance(ratio, Tensor):
-        num_masked = _per_sample_counts(ratio, length).to(centres.device)
+        num_masked = per_sample_counts(ratio, length).to(centres.device)
     else:
         num_masked = num_masked_tokens(length, ratio)
     seed = torch.randint(0, length, (batch,), generator=generator, device=generator.device).to(centres.device)

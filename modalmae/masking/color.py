@@ -54,11 +54,13 @@ draws an independent 2-D field per time slice instead (each slice exactly
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from modalmae.masking import Masks, masks_from_order, num_masked_tokens
+from modalmae.flags import arg
+from modalmae.masking import Masks, per_sample_counts, masks_from_order, num_masked_tokens, slices_order
 
 COLORS = ("white", "red", "blue", "green", "purple")
 RED_SIGMA = 2.0  # low-pass
@@ -159,7 +161,7 @@ class NoiseBank:
 def color_masking(
     batch_size: int,
     grid: tuple[int, ...],
-    ratio: float,
+    ratio: float | Tensor,
     *,
     color: str | NoiseBank,
     generator: torch.Generator,
@@ -170,8 +172,9 @@ def color_masking(
 
     ``color``: a colour name (``COLORS``: fresh noise per call) or a ``NoiseBank`` (windows of
     precomputed fields). Per sample (and per time slice), the ``round(ratio * H' * W')``
-    positions with the lowest noise are masked. Video: one 2-D field for all T' slices
-    (tubes), or with ``per_frame`` one per slice. Tokens are in grid order (row-major).
+    positions with the lowest noise are masked (``ratio``: one for all, or [B], one per
+    sample). Video: one 2-D field for all T' slices (tubes), or with ``per_frame`` one per
+    slice. Tokens are in grid order (row-major).
     """
     if len(grid) == 2:
         t, (h, w) = 1, grid
@@ -179,7 +182,6 @@ def color_masking(
         t, h, w = grid
     else:
         raise ValueError(f"colour masking needs a 2-D (H', W') or 3-D (T', H', W') grid, got {grid}")
-    per_slice = num_masked_tokens(h * w, ratio)
     fields = t if per_frame else 1
     if isinstance(color, NoiseBank):
         noise = color.sample(batch_size * fields, (h, w), generator=generator)
@@ -187,8 +189,27 @@ def color_masking(
         noise = colored_noise(batch_size * fields, (h, w), color, generator=generator)
     spatial = torch.argsort(noise.reshape(batch_size, fields, h * w), dim=2, descending=True)  # kept first
     spatial = spatial.expand(-1, t, -1)  # [B, T', HW]: tubes repeat the one field's order
+    if isinstance(ratio, Tensor):
+        per_sample = per_sample_counts(ratio, h * w)
+        return masks_from_order(slices_order(spatial, per_sample).to(device or generator.device), t * per_sample)
+    per_slice = num_masked_tokens(h * w, ratio)
     offsets = torch.arange(t, device=spatial.device)[None, :, None] * (h * w)  # slice s starts at s * HW
     keep = (spatial[:, :, : h * w - per_slice] + offsets).flatten(1)
     masked = (spatial[:, :, h * w - per_slice :] + offsets).flatten(1)
     order = torch.cat([keep, masked], dim=1)  # [B, L]
     return masks_from_order(order.to(device or generator.device), t * per_slice)
+
+
+@dataclass
+class ColorOptions:
+    """The flags of ColorMAE masking in the recipes that offer it (``--masking color``)."""
+
+    noise_color: str = arg("green", "with --masking color: the noise colour: red (large blobs), blue (evenly spread), green (mid-size blobs; ColorMAE's choice), purple (blobs and spread)", choices=COLORS[1:])
+
+    def color_masks(self, grid: tuple[int, ...], *, per_frame: bool = False):
+        """(x, generator, ratio) -> ColorMAE masks over ``grid`` for a batch ``x``."""
+
+        def masking(x: Tensor, generator: torch.Generator, ratio: float | Tensor) -> Masks:
+            return color_masking(x.shape[0], grid, ratio, color=self.noise_color, generator=generator, per_frame=per_frame)
+
+        return masking
