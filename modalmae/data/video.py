@@ -11,6 +11,11 @@ a crop whose sides are each one of those fractions of the short side, neighbouri
 most one apart, at one of 13 fixed positions), resized to ``crop_size``; an optional horizontal
 flip; ImageNet normalization. Output clips are float32 [C, T, H, W].
 
+Motion (opt-in, ``motion=True``, for MGMAE's motion-guided masking): each item also gets
+``"motion"``, float32 [T', H', W', 2], the clip's token displacement from each time slice to
+the next (``modalmae.data.motion``), matched on the output clip itself so it follows the crop,
+resize and flip with nothing to transform.
+
 Backends: PyAV (default, bundles FFmpeg); decord and torchcodec behind the same function when
 installed (``--video-backend``).
 
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modalmae.data.motion import clip_motion
 from modalmae.flags import arg
 from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES, VIDEO_FORMATS
 from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
@@ -218,14 +224,19 @@ def make_clip(frames: np.ndarray, *, crop_size: int, rng: random.Random | None, 
 
 
 class VideoDecoder:
-    """Raw shard sample -> K clip items {"video": [3, T, S, S], "label"}; picklable for workers."""
+    """Raw shard sample -> K clip items {"video": [3, T, S, S], "label"} (+ "motion"
+    [T / tubelet_size, S / patch_size, S / patch_size, 2] with ``motion=True``); picklable for workers."""
 
     def __init__(
         self, *, num_frames: int = 16, stride: int = 4, crop_size: int = 224, clips_per_video: int = 1,
         flip: bool = True, backend: str = "pyav", train: bool = True, max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = MAX_FRAMES,
+        motion: bool = False, tubelet_size: int = 2, patch_size: int = 16,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if motion and (num_frames % tubelet_size or crop_size % patch_size):
+            raise ValueError(f"motion needs clips of {num_frames} x {crop_size}^2 divisible into {tubelet_size} x {patch_size}^2 tubes")
+        self.motion, self.tubelet_size, self.patch_size = motion, tubelet_size, patch_size
         self.num_frames, self.stride, self.crop_size = num_frames, stride, crop_size
         self.clips_per_video, self.flip, self.backend, self.train = clips_per_video, flip, backend, train
         self.max_pixels, self.max_frames = max_pixels, max_frames
@@ -264,7 +275,11 @@ class VideoDecoder:
 
     def __call__(self, sample: dict, rng: random.Random) -> list[dict]:
         meta, clips = self.cut(sample, rng)
-        return [{"video": video, "label": meta.get("label")} for _, video in clips]
+        items = [{"video": video, "label": meta.get("label")} for _, video in clips]
+        if self.motion:
+            for item in items:
+                item["motion"] = clip_motion(item["video"], tubelet_size=self.tubelet_size, patch_size=self.patch_size)
+        return items
 
 
 @dataclass
@@ -279,8 +294,13 @@ class ClipOptions:
     max_frame_pixels: int = arg(MAX_FRAME_PIXELS, "skip videos whose frames have more pixels, before decoding them (3840 x 2160 = 4K; as build_shards.py's flag)")
     max_frames: int = arg(MAX_FRAMES, "skip a video once decoding one sample's clips takes more frames than this (keyframes far apart)")
 
-    def video_decoder(self, *, train: bool = True, clips_per_video: int = 1) -> VideoDecoder:
+    def video_decoder(
+        self, *, train: bool = True, clips_per_video: int = 1, motion: bool = False, tubelet_size: int = 2, patch_size: int = 16,
+    ) -> VideoDecoder:
+        """The decoder these flags describe; with ``motion`` each clip's token motion too, on the
+        tokenizer's grid (``tubelet_size``, ``patch_size``)."""
         return VideoDecoder(
             num_frames=self.num_frames, stride=self.sampling_rate, crop_size=self.input_size, clips_per_video=clips_per_video,
             flip=self.flip, backend=self.video_backend, train=train, max_pixels=self.max_frame_pixels, max_frames=self.max_frames,
+            motion=motion, tubelet_size=tubelet_size, patch_size=patch_size,
         )

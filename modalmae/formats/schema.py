@@ -96,6 +96,12 @@ Video (``VideoDecoder`` + ``collate``): the same keys with ``"video"`` instead o
     "video"        float32 [B, 3, T, S, S]  ImageNet-normalized clips; with repeated
                                             augmentation K consecutive rows come from one video
 
+With ``VideoDecoder(motion=True)`` (``video_mae.py --masking motion``), also::
+
+    "motion"       float32 [B, T', H', W', 2] each token's displacement (dx right, dy down, in
+                                            tokens) from its time slice to the next, estimated on the
+                                            output clip (``modalmae.data.motion``); the last slice 0
+
 Audio-visual (``AVDecoder`` + ``collate``): the video keys plus::
 
     "fbank"        float32 [B, T, F]        the audio window centred on each clip (zeros where it
