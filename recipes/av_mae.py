@@ -75,7 +75,7 @@ def build(cfg: AVMAEConfig) -> JointPretraining:
     model = MultiModalMAE(tokenizers, model_cfg, specific_depth=specific, loss_weights=parse_weights(cfg.loss_weights, flag="--loss-weights"))
     audio_tokens, grid = tokenizers["audio"].num_tokens, tokenizers["video"].grid
 
-    def mask_video(x, generator):
+    def mask_video(x, generator, batch):
         if cfg.video_masking == "tube":
             return tube_masking(x.shape[0], grid, cfg.video_mask_ratio, generator=generator)
         return random_masking(x.shape[0], tokenizers["video"].num_tokens, cfg.video_mask_ratio, generator=generator)
@@ -84,7 +84,7 @@ def build(cfg: AVMAEConfig) -> JointPretraining:
     return JointPretraining(
         model=model,
         streams=[Stream(corpus, ("audio", "video"), shard_modality="video", contrast=("audio", "video"))],
-        masking={"audio": lambda x, generator: random_masking(x.shape[0], audio_tokens, cfg.audio_mask_ratio, generator=generator), "video": mask_video},
+        masking={"audio": lambda x, generator, batch: random_masking(x.shape[0], audio_tokens, cfg.audio_mask_ratio, generator=generator), "video": mask_video},
         # What each modality's sample decoder needs to be rebuilt from the checkpoint.
         extra={"frontend": frontend.config(), "video": {"sampling_rate": cfg.sampling_rate}, "av": {"audio_seconds": decoder(False).audio_seconds}},
         eval_decoder=decoder(train=False),

@@ -70,7 +70,7 @@ def build(cfg: MRIMAEConfig) -> Pretraining:
 
     visible(cfg.mask_ratio.start)  # refuse a bad budget before training starts
 
-    def masking(x: dict, generator: torch.Generator, ratio: float) -> Masks:
+    def masking(x: dict, generator: torch.Generator, ratio: float, batch: dict) -> Masks:
         return dirichlet_masking(x["present"].cpu(), per_sequence, visible(ratio), alpha=cfg.dirichlet_alpha, generator=generator)
 
     return Pretraining(

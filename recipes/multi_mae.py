@@ -104,8 +104,8 @@ def build(cfg: MultiMAEConfig) -> JointPretraining:
         ratio = MaskRatio(part_cfg.mask_ratio)
         if ratio.kind != "constant":
             raise SystemExit(f"error: --recipe-flags {modality}: --mask-ratio {ratio}: a joint run masks each modality at one ratio")
-        own = part.masking or (lambda x, generator, r, spec=spec, tok=tokenizer: spec.masking(tok, x, r, generator))
-        masking[modality] = lambda x, generator, own=own, r=ratio.start: own(x, generator, r)
+        own = part.masking or (lambda x, generator, r, batch, spec=spec, tok=tokenizer: spec.masking(tok, x, r, generator))
+        masking[modality] = lambda x, generator, batch, own=own, r=ratio.start: own(x, generator, r, batch)
         extra.update(part.extra)
         corpus = Corpus(
             name=modality, sources=open_shards(locations, spec.shard_kinds), decode=part.decode, batch_size=sizes[modality],

@@ -58,7 +58,7 @@ def build(cfg: PointMAEConfig) -> Pretraining:
     model_cfg = PRESETS[cfg.model](norm_pix_loss=False, **POINTMAE_DECODERS.get(cfg.model, {}))
     tokenizer = PointGroups(embed_dim=model_cfg.encoder_dim, num_groups=cfg.num_groups, group_size=cfg.group_size, loss=cfg.loss)
 
-    def masking(x: torch.Tensor, generator: torch.Generator, ratio: float | torch.Tensor) -> Masks:
+    def masking(x: torch.Tensor, generator: torch.Generator, ratio: float | torch.Tensor, batch: dict) -> Masks:
         if cfg.masking == "block":
             return block_masking(x[:, :, 0], ratio, generator=generator)  # x: packed groups, centre first
         return random_masking(x.shape[0], cfg.num_groups, ratio, generator=generator)

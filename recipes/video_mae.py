@@ -26,6 +26,7 @@ from modalmae.masking import Masks, random_masking, running_cell_predict, tube_m
 from modalmae.model import PRESETS, VIDEOMAE_DECODERS, MaskedAutoencoder
 from modalmae.tokenizers.video import VideoTubes
 from modalmae.masking.color import ColorOptions
+from modalmae.masking.motion import motion_guided_masking
 from modalmae.train.config import MASK_RATIO_HELP, MaskRatio, PretrainConfig, arg
 from modalmae.train.recipe import Pretraining, run_pretraining
 
@@ -34,7 +35,7 @@ from modalmae.train.recipe import Pretraining, run_pretraining
 class VideoMAEConfig(ClipOptions, ColorOptions, PretrainConfig):
     output: str = arg("runs/video_mae", "run folder: config.json, metrics.jsonl, checkpoints/, model/, reconstruction.png")
     mask_ratio: MaskRatio = arg(MaskRatio("0.9"), MASK_RATIO_HELP.format(published="VideoMAE: 0.9"))
-    masking: str = arg("tube", "tube: one spatial mask for all time slices (VideoMAE); random: independent spacetime masking (MAE-ST); color: thresholded filtered noise (ColorMAE, --noise-color) as tubes, or per slice with --noise-per-frame", choices=("tube", "random", "color"))
+    masking: str = arg("tube", "tube: one spatial mask for all time slices (VideoMAE); random: independent spacetime masking (MAE-ST); color: thresholded filtered noise (ColorMAE, --noise-color) as tubes, or per slice with --noise-per-frame; motion: a mask drawn on the middle slice and carried along each clip's motion, estimated in the loader (MGMAE)", choices=("tube", "random", "color", "motion"))
     noise_per_frame: bool = arg(False, "with --masking color: a noise field per time slice instead of one for the whole clip")
     decoder_mask_ratio: float = arg(0.0, "fraction of the masked tubes the decoder drops, in VideoMAE V2's running-cell pattern (0 = decode all; V2: 0.5)")
     tubelet_size: int = arg(2, "frames per tube")
@@ -43,7 +44,11 @@ class VideoMAEConfig(ClipOptions, ColorOptions, PretrainConfig):
 
 
 def build(cfg: VideoMAEConfig) -> Pretraining:
-    decode = cfg.video_decoder(clips_per_video=cfg.repeated_aug)
+    if cfg.masking == "motion" and cfg.mask_ratio.per_sample:
+        raise SystemExit("error: --masking motion needs one --mask-ratio for every sample (not uniform:LOW:HIGH)")
+    decode = cfg.video_decoder(
+        clips_per_video=cfg.repeated_aug, motion=cfg.masking == "motion", tubelet_size=cfg.tubelet_size, patch_size=cfg.patch_size,
+    )
     # VideoMAE's decoder (4 blocks, narrower than MAE's) for the standard sizes.
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **VIDEOMAE_DECODERS.get(cfg.model, {}))
     tokenizer = VideoTubes(
@@ -57,8 +62,10 @@ def build(cfg: VideoMAEConfig) -> Pretraining:
 
     color = cfg.color_masks(grid, per_frame=cfg.noise_per_frame)
 
-    def masking(x: torch.Tensor, generator: torch.Generator, ratio: float | torch.Tensor) -> Masks:
-        if cfg.masking == "tube":
+    def masking(x: torch.Tensor, generator: torch.Generator, ratio: float | torch.Tensor, batch: dict) -> Masks:
+        if cfg.masking == "motion":
+            masks = motion_guided_masking(batch["motion"], ratio, generator=generator)
+        elif cfg.masking == "tube":
             masks = tube_masking(x.shape[0], grid, ratio, generator=generator)
         elif cfg.masking == "color":
             masks = color(x, generator, ratio)

@@ -1,13 +1,14 @@
-"""Ratios over steps and per sample, and DMAE distillation, through a real pretraining run on
-speech (recipes/audio_mae.py): the ratio in force is logged and a resumed run continues the
-schedule; a distilled run's feature loss falls, the teacher is left as it was and the saved
-model is the student alone."""
+"""The newer masking methods and DMAE through real pretraining runs: ratios over steps and per
+sample on speech (the ratio in force is logged and a resumed run continues the schedule),
+motion-guided masks on real clips with sound-free video, ColorMAE masks on photos, and a
+distilled run whose feature loss falls while the teacher is left as it was and the saved model
+is the student alone."""
 
 import json
 
 import pytest
 
-from conftest import load_script
+from conftest import DATA, load_script
 
 ARGS = ["--model", "tiny", "--num-frames", "128", "--batch-size", "4", "--workers", "1", "--no-progress", "--lr", "1e-3", "--warmup-steps", "2"]
 
@@ -59,3 +60,20 @@ def test_distillation_feature_loss_falls_and_the_teacher_stays(shards, tmp_path)
     assert config["parts"] == "mae" and not any(k.startswith(("teacher", "distillation")) for k in model.state_dict())
     with pytest.raises(SystemExit, match="--teacher"):
         recipe.main([*ARGS, "--shards", str(shards), "--output", str(tmp_path / "bad"), "--teacher", str(tmp_path / "nowhere")])
+
+
+@pytest.mark.parametrize("recipe,data,flags", [
+    ("video_mae", "av", ["--num-frames", "8", "--input-size", "64", "--masking", "motion", "--mask-ratio", "0.75"]),
+    ("video_mae", "av", ["--num-frames", "8", "--input-size", "64", "--masking", "color", "--noise-per-frame", "--mask-ratio", "uniform:0.5:0.9"]),
+    ("image_mae", "images", ["--input-size", "64", "--masking", "color", "--noise-color", "blue"]),
+])
+def test_recipes_train_with_each_masking(recipe, data, flags, tmp_path):
+    modality = "video" if recipe == "video_mae" else "image"
+    build = load_script("pipelines/build_shards.py")
+    assert build.main(["--modality", modality, "--input", str(DATA / data), "--output", str(tmp_path / "shards"), "--workers", "1", "--quiet"]) == 0
+    run = tmp_path / "run"
+    args = ["--model", "tiny", "--batch-size", "2", "--workers", "1", "--no-progress", "--max-steps", "2", "--log-every", "1"]
+    assert load_script(f"recipes/{recipe}.py").main(["--shards", str(tmp_path / "shards"), "--output", str(run), *args, *flags]) == 0
+    lines = records(run)
+    assert len(lines) == 2 and all(r["nonfinite_steps"] == 0 and r["loss"] > 0 for r in lines)
+    assert (run / "reconstruction.png").stat().st_size > 0

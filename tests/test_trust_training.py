@@ -53,7 +53,7 @@ def pretrain_with(decode, shards, run, *extra):
     spec = MODALITIES["audio"]
     return pretrain(
         cfg, accelerator=Accelerator(cpu=True), spec=spec, model=model, decode=decode,
-        masking=lambda x, g, ratio: spec.masking(model.tokenizer, x, ratio, g), save_extra={"frontend": AudioFrontend(num_frames=FRAMES).config()},
+        masking=lambda x, g, ratio, batch: spec.masking(model.tokenizer, x, ratio, g), save_extra={"frontend": AudioFrontend(num_frames=FRAMES).config()},
     )
 
 

@@ -207,9 +207,9 @@ class ColorOptions:
     noise_color: str = arg("green", "with --masking color: the noise colour: red (large blobs), blue (evenly spread), green (mid-size blobs; ColorMAE's choice), purple (blobs and spread)", choices=COLORS[1:])
 
     def color_masks(self, grid: tuple[int, ...], *, per_frame: bool = False):
-        """(x, generator, ratio) -> ColorMAE masks over ``grid`` for a batch ``x``."""
+        """(x, generator, ratio, batch) -> ColorMAE masks over ``grid`` for a batch ``x``."""
 
-        def masking(x: Tensor, generator: torch.Generator, ratio: float | Tensor) -> Masks:
+        def masking(x: Tensor, generator: torch.Generator, ratio: float | Tensor, batch: dict | None = None) -> Masks:
             return color_masking(x.shape[0], grid, ratio, color=self.noise_color, generator=generator, per_frame=per_frame)
 
         return masking

@@ -47,7 +47,7 @@ from modalmae.train.loop import TrainResult, print_outputs, train
 from modalmae.train.recipe import open_shards, output_folder
 from modalmae.viz import draw_joint
 
-ModalityMasking = Callable[[Any, torch.Generator], Masks]  # (one modality's input, generator) -> its masks
+ModalityMasking = Callable[[Any, torch.Generator, dict], Masks]  # (one modality's input, generator, batch) -> its masks
 
 
 @dataclass
@@ -118,7 +118,7 @@ def make_group(
         budget = cfg.num_visible or max(1, round((1 - MaskRatio(cfg.mask_ratio).start) * sum(lengths)))
         masks = dirichlet_masking(have, lengths, budget, alpha=cfg.dirichlet_alpha, generator=generator)
     else:
-        masks = concat_masks([job.masking[m](inputs[m], generator) for m in names])
+        masks = concat_masks([job.masking[m](inputs[m], generator, batch) for m in names])
     return Group(inputs, masks.to(device), present=present, pooled=pooled)
 
 

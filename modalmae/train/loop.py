@@ -432,15 +432,15 @@ def pretrain(
     spec: ModalitySpec,
     model: MaskedAutoencoder | DistilledMAE,
     decode: SampleDecoder,
-    masking: Callable[[torch.Tensor | dict, torch.Generator, "float | torch.Tensor"], Masks],
+    masking: Callable[[torch.Tensor | dict, torch.Generator, "float | torch.Tensor", dict], Masks],
     items_per_sample: int = 1,
     save_extra: dict | None = None,
     shards: ShardSet | list[ShardSet] | None = None,
 ) -> TrainResult:
     """Masked-autoencoder pretraining of a ``spec`` modality with ``train``: the model's input
-    is made of the spec's batch keys, ``masking(x, generator, ratio)`` draws the masks of a
-    batch ``x`` at the ratio ``cfg.mask_ratio`` (a ``MaskRatio``) gives for the step (a float,
-    or [B] per sample), the loss is the spec's (default: the model's mean over masked tokens),
+    is made of the spec's batch keys, ``masking(x, generator, ratio, batch)`` draws the masks of
+    a batch ``x`` at the ratio ``cfg.mask_ratio`` (a ``MaskRatio``) gives for the step (a float,
+    or [B] per sample; ``batch``: the whole batch, for masks guided by more than the input), the loss is the spec's (default: the model's mean over masked tokens),
     and the ratio is logged as ``mask_ratio``; the model is saved to ``<output>/model`` with
     ``save_extra`` (what ``spec.decoder`` needs to rebuild the data pipeline from the
     checkpoint)."""
@@ -449,7 +449,7 @@ def pretrain(
     def loss_fn(model: torch.nn.Module, batch: dict, generator: torch.Generator, *, step: int, total: int):
         x = model_input(spec, batch, accelerator.device)
         ratio = schedule.draw(len(batch["__key__"]), step, total, generator=generator)
-        out = model(x, masking(x, generator, ratio).to(accelerator.device))
+        out = model(x, masking(x, generator, ratio, batch).to(accelerator.device))
         out, feature_loss = out if isinstance(out, tuple) else (out, None)  # a DistilledMAE adds the feature loss
         loss, figures = (out.loss, {}) if spec.loss is None else spec.loss(out, accelerator.unwrap_model(model).tokenizer)
         if feature_loss is not None:

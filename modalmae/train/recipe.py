@@ -48,9 +48,9 @@ class Pretraining:
     model: MaskedAutoencoder
     decode: SampleDecoder
     extra: dict = field(default_factory=dict)  # saved with the model: what the spec's decoder needs to rebuild the data pipeline
-    # (batch input, generator, ratio) -> Masks at the step's ratio (a float, or [B] per sample:
-    # ``modalmae.masking.schedule``); default: the modality's published masking
-    masking: Callable[[torch.Tensor | dict, torch.Generator, "float | torch.Tensor"], Masks] | None = None
+    # (batch input, generator, ratio, batch) -> Masks at the step's ratio (a float, or [B] per
+    # sample: ``modalmae.masking.schedule``); default: the modality's published masking
+    masking: Callable[[torch.Tensor | dict, torch.Generator, "float | torch.Tensor", dict], Masks] | None = None
     items_per_sample: int = 1  # items the decoder makes of one sample (repeated augmentation)
 
 
@@ -102,16 +102,17 @@ def run_pretraining(modality: str, config_cls: type, build: Callable[[Any], Pret
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
     job = build(cfg)
     model = job.model if cfg.teacher is None else distilled(job.model, cfg, accelerator.device)
-    masking = job.masking or (lambda x, generator, ratio: spec.masking(job.model.tokenizer, x, ratio, generator))
+    masking = job.masking or (lambda x, generator, ratio, batch: spec.masking(job.model.tokenizer, x, ratio, generator))
     result = pretrain(
         cfg, accelerator=accelerator, spec=spec, model=model, decode=job.decode, masking=masking,
         items_per_sample=job.items_per_sample, save_extra=job.extra, shards=shards,
     )
     if accelerator.is_main_process:
         x = model_input(spec, result.last_batch, accelerator.device, rows=slice(0, 1))
+        first = {k: v[:1] for k, v in result.last_batch.items() if k != "num_skipped"}
         # Draw every masked token, also those a decoder-masked step would skip, at the last step's ratio.
         ratio = MaskRatio(cfg.mask_ratio).at(result.step, result.step)
-        masks = replace(masking(x, torch.Generator().manual_seed(cfg.seed), ratio), ids_predict=None).to(accelerator.device)
+        masks = replace(masking(x, torch.Generator().manual_seed(cfg.seed), ratio, first), ids_predict=None).to(accelerator.device)
         picture = spec.picture(
             result.model, x, masks, result.output / "reconstruction.png", title=f"{result.last_batch['__key__'][0]} at step {result.step}",
         )
