@@ -71,6 +71,11 @@ def _decoder_ends(state: dict[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
+# transformers' VideoMAE builds the decoder's last LayerNorm and the classifier's fc_norm with
+# torch's default epsilon, whatever its layer_norm_eps says (modeling_videomae.py).
+TORCH_LAYER_NORM_EPS = 1e-5
+
+
 def videomae_config(hf: dict, *, has_fc_norm: bool = False) -> tuple[dict, MAEConfig]:
     """transformers ``VideoMAEConfig.to_dict()`` -> (VideoTubes kwargs, MAEConfig)."""
     if hf.get("hidden_act", "gelu") != "gelu":
@@ -89,6 +94,7 @@ def videomae_config(hf: dict, *, has_fc_norm: bool = False) -> tuple[dict, MAECo
         encoder_dim=hf["hidden_size"], encoder_depth=hf["num_hidden_layers"], encoder_heads=hf["num_attention_heads"],
         decoder_dim=hf["decoder_hidden_size"], decoder_depth=hf["decoder_num_hidden_layers"],
         decoder_heads=hf["decoder_num_attention_heads"], mlp_ratio=enc_ratio, norm_eps=hf["layer_norm_eps"],
+        decoder_norm_eps=TORCH_LAYER_NORM_EPS, pooled_norm_eps=TORCH_LAYER_NORM_EPS,
         norm_pix_loss=hf.get("norm_pix_loss", True), encoder_norm=not mean_pooling, pooled_norm=mean_pooling and has_fc_norm,
     )
     return tokenizer, config

@@ -19,6 +19,10 @@ class MAEConfig:
     decoder_heads: int = 16
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6  # LayerNorm epsilon (MAE: 1e-6; transformers' VideoMAE default: 1e-12)
+    # The epsilon of the decoder's last LayerNorm and of the pooled norm when they differ from
+    # ``norm_eps`` (transformers' VideoMAE builds both with torch's default 1e-5); None: norm_eps.
+    decoder_norm_eps: float | None = None
+    pooled_norm_eps: float | None = None
     cls_token: bool = False
     # The encoder's last LayerNorm over every token (MAE pretraining). Encoders fine-tuned with
     # mean pooling (VideoMAE, Audio-MAE) drop it and normalize the pooled feature instead

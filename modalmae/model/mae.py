@@ -56,7 +56,8 @@ class Encoder(nn.Module):
             eps=config.norm_eps, final_norm=config.encoder_norm,
         )
         # Normalizes mean-pooled features (``fc_norm`` of fine-tuned VideoMAE / Audio-MAE).
-        self.fc_norm = nn.LayerNorm(config.encoder_dim, eps=config.norm_eps) if config.pooled_norm else None
+        pooled_eps = config.norm_eps if config.pooled_norm_eps is None else config.pooled_norm_eps
+        self.fc_norm = nn.LayerNorm(config.encoder_dim, eps=pooled_eps) if config.pooled_norm else None
         init_weights(self.transformer)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
@@ -117,7 +118,7 @@ class Decoder(nn.Module):
         self.positions = tokenizer.decoder_positions(dim)
         self.transformer = Transformer(
             dim, depth=config.decoder_depth, num_heads=config.decoder_heads, mlp_ratio=config.mlp_ratio,
-            eps=config.norm_eps,
+            eps=config.norm_eps, final_eps=config.decoder_norm_eps,
         )
         self.head = nn.Linear(dim, tokenizer.patch_dim)
         self.pos_every_block = tokenizer.pos_every_block

@@ -58,14 +58,16 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """A stack of blocks and a final LayerNorm (``final_norm=False``: none, as in encoders
-    fine-tuned with mean pooling); ``attn_masks`` gives one mask per block (or None)."""
+    fine-tuned with mean pooling; ``final_eps``: its epsilon when not ``eps``); ``attn_masks``
+    gives one mask per block (or None)."""
 
     def __init__(
-        self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6, final_norm: bool = True
+        self, dim: int, *, depth: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6, final_norm: bool = True,
+        final_eps: float | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, eps=eps) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=eps) if final_norm else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=eps if final_eps is None else final_eps) if final_norm else nn.Identity()
 
     def forward(self, x: Tensor, attn_masks: list[Tensor | None] | None = None, pos: Tensor | None = None) -> Tensor:
         """``pos``, when given, is added before every block (Point-MAE) rather than once."""

@@ -23,6 +23,7 @@ def test_same_predictions_and_loss_as_vitmae(norm_pix, tmp_path):
     state = to_timm(ref.state_dict())
     ours = audiomae_from_timm(state, num_frames=64, num_mel_bins=64, encoder_heads=3, decoder_heads=2, norm_eps=1e-12, norm_pix_loss=norm_pix)
     assert isinstance(ours, MaskedAutoencoder) and ours.encoder.cls_token is not None
+    assert {m.eps for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)} == {ref.config.layer_norm_eps}  # every norm, exactly
     spec = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(1))  # [B, T, F]
     noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(2))
     masks = masks_from_order(noise.argsort(dim=1), 12)  # ViTMAE keeps the 4 lowest-noise tokens, in that order
@@ -31,8 +32,8 @@ def test_same_predictions_and_loss_as_vitmae(norm_pix, tmp_path):
         got = ours(spec, masks)
     assert torch.equal(masks.mask, expected.mask)
     masked = masks.mask.bool()
-    assert torch.allclose(got.pred[masked], expected.logits[masked], atol=1e-4), (got.pred[masked] - expected.logits[masked]).abs().max()
-    assert torch.allclose(got.loss, expected.loss, atol=1e-5)
+    assert torch.allclose(got.pred[masked], expected.logits[masked], atol=1e-6, rtol=0), (got.pred[masked] - expected.logits[masked]).abs().max()
+    assert torch.allclose(got.loss, expected.loss, atol=1e-6, rtol=0)
     # and from a .pth as Audio-MAE saves it ({"model": ...}), recognised by key names
     torch.save({"model": state}, tmp_path / "pretrained.pth")
     model, extra = convert_checkpoint(tmp_path / "pretrained.pth", num_frames=64, num_mel_bins=64, encoder_heads=3, decoder_heads=2, norm_eps=1e-12)

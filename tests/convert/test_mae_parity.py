@@ -28,6 +28,7 @@ def test_same_predictions_and_loss_as_vitmae(norm_pix, tmp_path):
     assert state["patch_embed.proj.weight"].shape == (48, 3, 16, 16)
     ours = mae_from_timm(state, image_size=64, encoder_heads=3, decoder_heads=2, norm_eps=1e-12, norm_pix_loss=norm_pix)
     assert isinstance(ours, MaskedAutoencoder) and isinstance(ours.tokenizer, ImagePatches)
+    assert {m.eps for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)} == {ref.config.layer_norm_eps}  # every norm, exactly
     x = images()
     noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(2))
     masks = masks_from_order(noise.argsort(dim=1), 12)  # ViTMAE keeps the 4 lowest-noise tokens, in that order
@@ -36,8 +37,8 @@ def test_same_predictions_and_loss_as_vitmae(norm_pix, tmp_path):
         got = ours(x, masks)
     assert torch.equal(masks.mask, expected.mask)
     masked = masks.mask.bool()
-    assert torch.allclose(got.pred[masked], expected.logits[masked], atol=1e-4), (got.pred[masked] - expected.logits[masked]).abs().max()
-    assert torch.allclose(got.loss, expected.loss, atol=1e-5)
+    assert torch.allclose(got.pred[masked], expected.logits[masked], atol=1e-6, rtol=0), (got.pred[masked] - expected.logits[masked]).abs().max()
+    assert torch.allclose(got.loss, expected.loss, atol=1e-6, rtol=0)
     assert torch.allclose(ours.tokenizer.patchify(x), ref.patchify(x))  # MAE's patch order on both sides
     # and from a .pth as MAE saves it ({"model": ...}), recognised by its three-channel patches
     torch.save({"model": state}, tmp_path / "checkpoint.pth")
@@ -54,7 +55,7 @@ def test_pretrained_encoder_alone_gives_vitmaes_features():
     x = images(seed=3)
     with torch.no_grad():
         expected = ref.vit(x, noise=torch.arange(16.0).expand(2, -1)).last_hidden_state  # [B, 1 + L, D], final norm
-        assert torch.allclose(ours(x), expected, atol=1e-4)
+        assert torch.allclose(ours(x), expected, atol=1e-6, rtol=0)
 
 
 def test_finetuned_layout_is_an_encoder_with_fc_norm():
