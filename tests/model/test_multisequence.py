@@ -69,6 +69,22 @@ def test_per_sequence_loss_survives_a_sequence_with_nothing_masked():
     assert model.encoder.tokenizer.proj[2].weight.grad is None or model.encoder.tokenizer.proj[2].weight.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_the_plain_loss_is_the_mean_over_the_masks_mask_with_an_absent_sequence(norm_pix):
+    """MaskedAutoencoder's own loss under Dirichlet masking: absent sequences' tokens sit among
+    the masked ids but carry mask 0, so the loss is the per-token MSE averaged over mask == 1
+    only (computed here from the predictions and targets, with the mask)."""
+    model = tiny(norm_pix)
+    x = {"volume": torch.randn(3, 4, 16, 16, 16), "present": torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 0]], dtype=torch.bool)}
+    masks = dirichlet_masking(x["present"], 8, 5, generator=torch.Generator().manual_seed(1))
+    out = model(x, masks)
+    per_token = (out.pred - out.target).pow(2).mean(-1)  # [B, L]; every masked token is predicted
+    expected = (per_token * masks.mask).sum() / masks.mask.sum()
+    over_all_masked = per_token.gather(1, masks.ids_masked).mean()  # what ignoring the mask would give
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(over_all_masked.item() - expected.item()) > 1e-3  # the example tells them apart
+
+
 def test_completing_an_absent_sequence():
     present, targets = torch.tensor([[1, 1, 0, 1]], dtype=torch.bool), torch.tensor([[0, 0, 1, 0]], dtype=torch.bool)
     masks = completion_masks(present, targets, 8)
