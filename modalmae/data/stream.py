@@ -180,6 +180,9 @@ class ShardStream(IterableDataset):
                 num_workers=num_workers, shuffle=self.shuffle_shards,
             )
             pass_length = sum(p.take for p in plan) if plan and shards.has_sizes else None
+            if quota is None and pass_length is not None and first >= pass_length:  # an unpadded epoch's last item
+                epoch, first, count = epoch + 1, 0, 0
+                continue
             since_decoded, decoded_any = 0, False
             for index, sample, pad in self._epoch_samples(shards, plan, pass_length, worker, slot, first, padded=quota is not None):
                 if index < first:
