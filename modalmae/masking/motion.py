@@ -115,6 +115,9 @@ def motion_guided_masking(
     noise = torch.rand(batch, tokens, generator=generator, device=generator.device)
     spatial = torch.argsort(noise, dim=1).to(device)  # [B, HW]: as tube_masking draws it
     motion = motion.float()
+    if keep == 0:  # nothing visible to carry: every token masked, as tube_masking gives
+        order = spatial[:, None, :] + torch.arange(slices, device=device)[:, None] * tokens
+        return masks_from_order(order.flatten(1), slices * per_slice)
 
     init = gaussian_map(spatial[:, :keep], (height, width), cells)  # [B, Hc, Wc]
     maps: list[Tensor | None] = [None] * slices
