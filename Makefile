@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 DEMO_SHARDS := shards/demo-audio
 DEMO_RUN    := runs/demo-audio
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean mutants
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,14 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# Mutation testing of the numerical and data core ([tool.mutmut] in pyproject.toml): slow (hours
+# for the whole core on 2 cores), so never part of `make test`. ONLY='modalmae.masking.*' runs the
+# mutants of one module; JOBS sets the parallel test processes.
+JOBS ?= 2
+mutants: install
+	$(BIN)/pip install -q -e ".[mutation]"
+	$(BIN)/mutmut run --max-children $(JOBS) $(ONLY)
+	$(BIN)/python tests/mutation/report.py
+
 clean:
-	rm -rf $(DEMO_SHARDS) $(DEMO_RUN)
+	rm -rf $(DEMO_SHARDS) $(DEMO_RUN) mutants
