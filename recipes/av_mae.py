@@ -27,6 +27,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from modalmae.data.audio import MAX_WINDOW_VALUES
 from modalmae.data.av import AVDecoder
 from modalmae.data.video import ClipOptions
 from modalmae.masking import random_masking, tube_masking
@@ -56,13 +57,16 @@ class AVMAEConfig(ClipOptions, JointConfig):
     audio_seconds: float = arg(None, "length of the audio window centred on each clip (default: what the filterbank frames hold)")
     fbank_mean: float = arg(-4.2677393, "filterbank normalization: (fbank - mean) / (2 * std); AudioSet statistics by default")
     fbank_std: float = arg(4.5689974, "filterbank normalization std")
+    max_audio_values: int = arg(MAX_WINDOW_VALUES, "skip a clip whose audio window would hold more samples x channels than this (sized from the audio header's rate, before reading)")
 
 
 def build(cfg: AVMAEConfig) -> JointPretraining:
     frontend = AudioFrontend(sample_rate=cfg.sample_rate, num_frames=cfg.audio_frames, num_mel_bins=cfg.num_mel_bins, mean=cfg.fbank_mean, std=cfg.fbank_std)
 
     def decoder(train: bool) -> AVDecoder:
-        return AVDecoder(video=cfg.video_decoder(train=train), frontend=frontend, audio_seconds=cfg.audio_seconds, train=train)
+        return AVDecoder(
+            video=cfg.video_decoder(train=train), frontend=frontend, audio_seconds=cfg.audio_seconds, train=train, max_window_values=cfg.max_audio_values,
+        )
 
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)
     tokenizers = {

@@ -34,7 +34,7 @@ import random
 
 import torch
 
-from modalmae.data.audio import read_span
+from modalmae.data.audio import MAX_WINDOW_VALUES, read_span
 from modalmae.data.video import VideoDecoder, probe_pyav, video_field
 from modalmae.formats.schema import AUDIO_FORMATS
 from modalmae.tokenizers.fbank import AudioFrontend
@@ -56,8 +56,11 @@ class AVDecoder:
     """Raw video shard sample -> K items {"video", "fbank", "has_audio", "clip_start",
     "audio_start", "label"}, one per clip the VideoDecoder cuts; picklable for workers."""
 
-    def __init__(self, *, video: VideoDecoder, frontend: AudioFrontend, audio_seconds: float | None = None, train: bool = True) -> None:
-        self.video, self.frontend, self.train = video, frontend, train
+    def __init__(
+        self, *, video: VideoDecoder, frontend: AudioFrontend, audio_seconds: float | None = None, train: bool = True,
+        max_window_values: int = MAX_WINDOW_VALUES,
+    ) -> None:
+        self.video, self.frontend, self.train, self.max_window_values = video, frontend, train, max_window_values
         # The frontend's exact input length: anything shorter is padded in the fbank domain by
         # the frontend, anything longer cropped, either of which would un-centre the window.
         self.audio_seconds = audio_seconds if audio_seconds is not None else frontend.num_samples() / frontend.sample_rate
@@ -79,7 +82,7 @@ class AVDecoder:
             if entry is None:
                 fbank = torch.zeros(self.frontend.num_frames, self.frontend.num_mel_bins)  # [T_a, F]
             else:
-                wave, rate = read_span(sample[entry], start=audio_start - offset, seconds=self.audio_seconds)  # [C, N]
+                wave, rate = read_span(sample[entry], start=audio_start - offset, seconds=self.audio_seconds, max_values=self.max_window_values)  # [C, N]
                 fbank = self.frontend(torch.from_numpy(wave), rate)  # [T_a, F]
             items.append({
                 "video": video, "fbank": fbank, "has_audio": torch.tensor(entry is not None),
