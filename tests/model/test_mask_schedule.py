@@ -1,6 +1,8 @@
 """Ratios that change over steps or from sample to sample: the schedule's values, exact counts
 per sample, and padded batches that compute exactly what each sample would alone."""
 
+import math
+
 import pytest
 import torch
 
@@ -14,12 +16,16 @@ def test_ratio_flag_values():
     assert MaskRatio("0.75").at(1, 100) == 0.75 == MaskRatio("0.75").at(100, 100) and not MaskRatio("0.75").per_sample
     linear = MaskRatio("linear:0.5:0.9")
     assert (linear.at(1, 101), linear.at(51, 101), linear.at(101, 101), linear.at(500, 101)) == pytest.approx((0.5, 0.7, 0.9, 0.9))
+    assert linear.at(26, 101) == pytest.approx(0.6) and linear.at(2, 2) == pytest.approx(0.9)  # a two-step run ends at the end
     cosine = MaskRatio("cosine:0.5:0.9")
-    assert cosine.at(1, 101) == pytest.approx(0.5) and cosine.at(51, 101) == pytest.approx(0.7) and cosine.at(26, 101) < 0.7 - 0.05
+    assert cosine.at(1, 101) == pytest.approx(0.5) and cosine.at(51, 101) == pytest.approx(0.7) and cosine.at(101, 101) == pytest.approx(0.9)
+    assert cosine.at(26, 101) == pytest.approx(0.5 + 0.4 * 0.5 * (1 - math.cos(math.pi / 4)))  # 0.559: slower than linear's 0.6 early on
+    assert linear.draw(4, 26, 101, generator=torch.Generator()) == pytest.approx(0.6)  # one ratio for the batch, at its step
     uniform = MaskRatio("uniform:0.4:0.8")
     draws = uniform.draw(4000, 1, 10, generator=torch.Generator().manual_seed(0))
     assert uniform.per_sample and draws.min() >= 0.4 and draws.max() < 0.8 and abs(draws.mean().item() - 0.6) < 0.01
-    assert uniform.start == pytest.approx(0.6) and str(linear) == "linear:0.5:0.9"
+    assert torch.equal(draws, uniform.draw(4000, 1, 10, generator=torch.Generator().manual_seed(0)))  # from the generator alone
+    assert uniform.start == pytest.approx(0.6) and uniform.at(7, 10) == pytest.approx(0.6) and str(linear) == "linear:0.5:0.9"
     for bad in ("1.0", "linear:0.5", "steps:0.1:0.2", "uniform:0.8:0.4", "x"):
         with pytest.raises(ValueError, match="--mask-ratio"):
             MaskRatio(bad)

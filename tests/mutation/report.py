@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     survivors = [line.strip().rsplit(": ", 1)[0] for line in listing.splitlines() if line.strip().endswith((": survived", ": no tests"))]
     known = reviewed()
     killed = stats["killed"] + stats["timeout"]
-    counted = stats["total"] - stats["skipped"]
+    # Mutants run (a partial run, ONLY=..., leaves the others unchecked: they do not count).
+    counted = killed + stats["survived"] + stats["no_tests"] + stats["suspicious"] + stats["segfault"]
     ratio = 100.0 * killed / counted if counted else 0.0
     print(f"mutants: {counted} tested, {killed} killed ({stats['timeout']} by timeout), {stats['survived']} survived, {stats['no_tests']} reached by no test")
     print(f"kill ratio: {ratio:.1f} % (goal {args.goal:.0f} %)")
