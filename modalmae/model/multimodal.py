@@ -265,6 +265,16 @@ class MultiModalMAE(nn.Module):
             start += n
         return loss, stats, outputs, pooled
 
+    def pooled(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        """{modality: [B, D]}: each modality's tokens, all visible, encoded alone (its blocks,
+        then the shared ones) and averaged: the features ``encoder_for(m).pooled`` gives."""
+        features = {}
+        for m in self.order(inputs):
+            x, pos = self._embed([m], {m: self.tokenizers[m](inputs[m])})
+            x = self.specific[m](x, pos=pos) if self.specific_depth else x
+            features[m] = self.shared(x, pos=pos).mean(dim=1)
+        return features
+
     def visible_counts(self, group: Group) -> dict[str, Tensor]:
         """{modality: [B]} how many of each modality's tokens each sample shows the encoder."""
         names = self.order(group.inputs)

@@ -37,7 +37,7 @@ from accelerate.utils import set_seed
 
 from modalmae.checkpoint import save_pretrained
 from modalmae.data.stream import SampleDecoder, ShardStream, make_loader
-from modalmae.masking import Masks, concat_masks, dirichlet_masking, random_masking
+from modalmae.masking import Masks, concat_masks, dirichlet_masking
 from modalmae.modalities import MODALITIES, model_input
 from modalmae.model.contrastive import audio_visual_retrieval, info_nce
 from modalmae.model.multimodal import Group, MultiModalMAE
@@ -122,12 +122,6 @@ def make_group(
     return Group(inputs, masks.to(device), present=present, pooled=pooled)
 
 
-def full_view(model: MultiModalMAE, names: list[str], batch_size: int) -> Masks:
-    """Masks that keep every token of ``names`` visible (for features)."""
-    none = torch.Generator()
-    return concat_masks([random_masking(batch_size, model.tokenizers[m].num_tokens, 0.0, generator=none) for m in names])
-
-
 @torch.no_grad()
 def retrieval(model: MultiModalMAE, loader, pair: tuple[str, str], device) -> dict:
     """Recall@1/5/10 both ways over every held-out pair that has both modalities, from the
@@ -136,15 +130,12 @@ def retrieval(model: MultiModalMAE, loader, pair: tuple[str, str], device) -> di
     model.eval()
     feats: dict[str, list[torch.Tensor]] = {m: [] for m in pair}
     for batch in loader:
-        names = model.order(dict.fromkeys(pair))
-        inputs = {m: model_input(MODALITIES[m], batch, device) for m in names}
-        batch_size = next(iter(inputs.values())).shape[0]
-        out = model(Group(inputs, full_view(model, names, batch_size).to(device), pooled=True))
-        both = torch.ones(batch_size, dtype=torch.bool, device=device)
-        for flags in presence(names, batch, device).values():
+        pooled = model.pooled({m: model_input(MODALITIES[m], batch, device) for m in pair})
+        both = torch.ones(len(batch["__key__"]), dtype=torch.bool, device=device)
+        for flags in presence(list(pair), batch, device).values():
             both &= flags
         for m in pair:
-            feats[m].append(out.pooled[0][m][both].float().cpu())
+            feats[m].append(pooled[m][both].float().cpu())
     model.train(was_training)
     a, b = (torch.cat(feats[m]) for m in pair)
     figures = audio_visual_retrieval(a, b) if len(a) else {}

@@ -155,7 +155,7 @@ def test_two_processes_give_the_single_process_gradients(tmp_path):
             for p in context.processes:
                 p.terminate()
             pytest.fail("the two gloo processes did not finish in 60 s")
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     a_all, b_all = global_batch()
     for bidirectional in (False, True):

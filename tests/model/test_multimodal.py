@@ -180,6 +180,7 @@ def test_joint_checkpoint_round_trip_and_encoders(tmp_path):
     pooled = model(Group({"audio": x["audio"]}, full, pooled=True)).pooled[0]["audio"]
     encoder, enc_config = load_encoder(tmp_path / "joint", modality="audio")
     assert torch.allclose(encoder.pooled(x["audio"]), pooled, atol=1e-5)
+    assert torch.allclose(model.pooled(x)["audio"], pooled, atol=1e-5) and model.pooled(x)["video"].shape == (3, 192)
     assert enc_config["modality"] == "audio" and enc_config["extra"] == {"frontend": {"sample_rate": 16000}}
     with pytest.raises(CheckpointError, match="joint model of audio, video: name the modality"):
         load_encoder(tmp_path / "joint")
