@@ -11,6 +11,8 @@ per modality learns from all of them: --specific-depth blocks per modality, the 
 Every step holds a batch of every corpus (--weights sets each corpus's share of --batch-size,
 at least one sample each): under DDP every process then uses every parameter in every step,
 so there is no unused-parameter error and no hang, and no ``find_unused_parameters`` needed.
+Each corpus has its own loader (``--workers`` worker processes each), exact epochs and resume
+position.
 The loss is the samples' mean of each modality's reconstruction loss (MSE on masked patches;
 Chamfer for points), each logged as loss_<modality> in metrics.jsonl.
 
