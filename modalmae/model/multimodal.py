@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from modalmae.masking import Masks
 from modalmae.model.config import MAEConfig
 from modalmae.model.loss import weighted_mean
-from modalmae.model.mae import Encoder, MAEOutput, gather_tokens
+from modalmae.model.mae import Encoder, MAEOutput, gather_tokens, key_mask
 from modalmae.model.transformer import Transformer, init_weights
 from modalmae.tokenizers.base import Tokenizer, Tokens
 
@@ -58,10 +58,6 @@ class MultiModalOutput:
     stats: dict[str, Tensor]  # modality -> [sum, count] of its per-token loss over the counted tokens
     outputs: list[dict[str, MAEOutput]]  # per group, per modality (for pictures)
     pooled: list[dict[str, Tensor]]  # per group, modality -> [B, D] (empty unless Group.pooled)
-
-
-def _bool_keys(valid: Tensor) -> Tensor:
-    return valid[:, None, None, :]  # [B, 1, 1, N]: True = may attend
 
 
 class MultiModalMAE(nn.Module):
@@ -182,7 +178,7 @@ class MultiModalMAE(nn.Module):
                 parts[:, cols] = self.specific[m](x[:, cols], pos=None if pos is None else pos[:, cols])
             x = parts
         keys = None if valid is None else gather_tokens(valid[..., None], ids_keep)[..., 0]  # [B, Lk]
-        latent = self.shared(x, None if keys is None else [_bool_keys(keys)] * len(self.shared.blocks), pos=pos)
+        latent = self.shared(x, None if keys is None else [key_mask(keys)] * len(self.shared.blocks), pos=pos)
         pooled = {}
         if group.pooled and columns is not None:
             for m, cols in zip(names, columns):
@@ -217,7 +213,7 @@ class MultiModalMAE(nn.Module):
         ids = torch.cat([masks.ids_keep, ids_predict], dim=1)
         block_pos = gather_tokens(torch.cat(per_block, dim=1), ids) if every else None
         keys = None if valid is None else torch.gather(valid, 1, ids)
-        h = self.decoder(torch.cat([x, queries], dim=1), None if keys is None else [_bool_keys(keys)] * len(self.decoder.blocks), pos=block_pos)
+        h = self.decoder(torch.cat([x, queries], dim=1), None if keys is None else [key_mask(keys)] * len(self.decoder.blocks), pos=block_pos)
         return h[:, latent.shape[1] :]
 
     # ------------------------------------------------------------------------- forward
