@@ -39,7 +39,7 @@ test: install
 JOBS ?= 2
 mutants: install
 	$(BIN)/pip install -q -e ".[mutation]"
-	$(BIN)/mutmut run --max-children $(JOBS) $(ONLY)
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(JOBS) $(ONLY)
 	$(BIN)/python tests/mutation/report.py
 
 clean:

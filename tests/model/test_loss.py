@@ -45,3 +45,11 @@ def test_norm_pix_standardises_each_patch():
 def test_nothing_to_predict_gives_zero_not_nan():
     loss = masked_mse(torch.randn(1, 3, 4), torch.randn(1, 3, 4), torch.zeros(1, 3))
     assert loss.item() == 0.0
+
+
+def test_a_single_counted_token_is_its_own_loss():
+    """The zero-count guard must not touch real counts: one counted token gives its own value
+    (a guard of 2 would halve it)."""
+    per_token = torch.tensor([[3.0, 5.0, 7.0]])
+    assert weighted_mean(per_token, torch.tensor([[0.0, 1.0, 0.0]])).item() == 5.0
+    assert weighted_mean(per_token, torch.tensor([[0.0, 0.0, 0.0]])).item() == 0.0
