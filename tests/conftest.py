@@ -14,7 +14,9 @@ AUDIO = DATA / "audio"
 REPO = Path(__file__).parent.parent
 
 # Two cores: keep torch from oversubscribing when pytest and loader workers share them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under mutation testing (mutmut sets MUTANT_UNDER_TEST) one thread: its workers are forked, and
+# a child forked after OpenMP threads have run hangs at its first parallel op.
+torch.set_num_threads(1 if os.environ.get("MUTANT_UNDER_TEST") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture
