@@ -94,6 +94,17 @@ def test_local_attention_decoder_is_local():
     assert not torch.allclose(a, b)
 
 
+def test_local_attention_alternates_plain_and_shifted_windows_block_by_block():
+    """Swin's order over any depth: plain, shifted, plain, ... (three blocks: the third plain)."""
+    model = tiny_model(decoder_depth=3, decoder_window=(4, 4), decoder_shift=(2, 0)).eval()
+    ids = torch.arange(32)[None]  # every token of the 8 x 4 grid
+    plain, shifted, third = model.decoder._window_masks(ids, 0)
+    assert torch.equal(third, plain) and not torch.equal(plain, shifted)
+    coords = grid_coordinates(model.tokenizer.grid)
+    same_window = (coords[:, None, 0] // 4 == coords[None, :, 0] // 4) & (coords[:, None, 1] // 4 == coords[None, :, 1] // 4)
+    assert torch.equal(plain[0, 0], same_window)
+
+
 def test_cls_token_and_pooling():
     model = tiny_model(cls_token=True).eval()
     x = torch.randn(2, 128, 64)
