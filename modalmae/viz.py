@@ -218,11 +218,11 @@ class ModalityView:
     """One modality of a joint model's forward on a ``Group``, shaped like a single-modality
     ``MaskedAutoencoder`` for the ``draw_*`` functions: called with that modality's input and
     its part of the group's masks it gives what the joint forward predicted (with the other
-    modalities in view); called with other masks (an MRI completion), or made without a group,
-    it runs the modality alone."""
+    modalities in view); called with other masks (an MRI completion), or made without them, it
+    runs the modality alone."""
 
-    def __init__(self, model: MultiModalMAE, modality: str, group: Group | None = None, masks: Masks | None = None, out: MAEOutput | None = None) -> None:
-        self.joint, self.modality, self.group, self.masks, self.out = model, modality, group, masks, out
+    def __init__(self, model: MultiModalMAE, modality: str, masks: Masks | None = None, out: MAEOutput | None = None) -> None:
+        self.joint, self.modality, self.masks, self.out = model, modality, masks, out
         self.tokenizer = model.tokenizers[modality]
         self.config = replace(model.config, norm_pix_loss=model.norm_pix[modality])
         self.training = False
@@ -264,7 +264,7 @@ def draw_joint(model: MultiModalMAE, group: Group, path: str | Path, *, pictures
     for m in model.order(group.inputs):
         length = model.tokenizers[m].num_tokens
         masks = _modality_masks(group.masks, start, length)
-        view = ModalityView(model, m, group, masks, out[m])
+        view = ModalityView(model, m, masks, out[m])
         absent = m in group.present and not bool(group.present[m][0])
         name = f"{m} (absent: not in the loss)" if absent else m
         files.append(pictures[m](view, group.inputs[m], masks, path.with_name(f"{path.stem}_{m}.png"), title=f"{name}: {title}" if title else name))

@@ -84,14 +84,15 @@ def build(cfg: AVMAEConfig) -> JointPretraining:
             return tube_masking(x.shape[0], grid, cfg.video_mask_ratio, generator=generator)
         return random_masking(x.shape[0], tokenizers["video"].num_tokens, cfg.video_mask_ratio, generator=generator)
 
+    held_out = decoder(train=False)
     corpus = Corpus(name="av", sources=open_shards(cfg.shards, "video"), decode=decoder(train=True), batch_size=cfg.batch_size, weights=cfg.weights)
     return JointPretraining(
         model=model,
         streams=[Stream(corpus, ("audio", "video"), shard_modality="video", contrast=("audio", "video"))],
         masking={"audio": lambda x, generator, batch: random_masking(x.shape[0], audio_tokens, cfg.audio_mask_ratio, generator=generator), "video": mask_video},
         # What each modality's sample decoder needs to be rebuilt from the checkpoint.
-        extra={"frontend": frontend.config(), "video": {"sampling_rate": cfg.sampling_rate}, "av": {"audio_seconds": decoder(False).audio_seconds}},
-        eval_decoder=decoder(train=False),
+        extra={"frontend": frontend.config(), "video": {"sampling_rate": cfg.sampling_rate}, "av": {"audio_seconds": held_out.audio_seconds}},
+        eval_decoder=held_out,
     )
 
 
