@@ -1,12 +1,18 @@
-"""Raw folder -> WebDataset shards + manifest.json, for any modality.
+"""Raw folder -> WebDataset shards + manifest.json, for any modality, resumable, on any engine.
 
-The builder walks the input folder in sorted order, hands each candidate file to the
-modality's ``prepare`` in worker processes (results come back in input order, a bounded number
-in flight, so the shards are deterministic and memory stays flat), and writes the samples
-through ``ShardWriter``. A file that cannot be used becomes a ``Skip`` with its reason; nothing
-a worker raises, not even a crash of the worker process, stops the run. The manifest is
-deleted when a build starts and written last, atomically: a folder with a manifest is a
-complete build. The format is documented in ``modalmae.formats.schema``.
+The builder walks the input folder in sorted order and plans the shards before decoding
+anything (``modalmae.shards.plan``): shard ``i`` holds the usable files of the ``i``-th group
+of candidates, so its name, keys and bytes depend on that group's files and the options alone.
+Each shard is then one task, run by an engine (``modalmae.shards.engines``: local worker
+processes or Ray), that prepares its files with the modality's ``prepare`` and writes the tar
+and its stats record itself, atomically. A file that cannot be used becomes a ``Skip`` with its
+reason; nothing a file does, not even crashing its worker process, stops the run.
+
+Resumable and idempotent: a rerun of the same build keeps every shard whose stats record
+matches (same options, same input files) and writes the rest; a build killed at any moment
+(even ``kill -9``) and rerun ends byte-identical to a clean one. The manifest is deleted when a
+build starts and written last, atomically, merged from the records: a folder with a manifest is
+a complete build. The format is documented in ``modalmae.formats.schema``.
 
 A modality's part is a ``ShardBuilder`` (each stage module, such as ``modalmae.shards.audio``,
 defines its ``BUILDER``): the file suffixes it tries, an ``Options`` dataclass (its
@@ -14,21 +20,22 @@ defines its ``BUILDER``): the file suffixes it tries, an ``Options`` dataclass (
 Sample | Skip``, which decides by decoding, not by the name. A modality whose samples group
 several files (MRI: one subject, several sequences) also has ``find_jobs(root, options) ->
 (jobs, ignored)``, jobs being ``(source, relpath)`` pairs its ``prepare`` takes in place of
-``(path, relpath)``. This file knows nothing else about it.
+``(path, relpath)``, the source holding its files' paths in a ``files`` mapping (for the plan's
+sizes and fingerprints). This file knows nothing else about it.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import multiprocessing
 import os
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -36,11 +43,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from modalmae import __version__
-from modalmae.formats.schema import FORMAT_VERSION, MANIFEST_NAME, sample_key
+from modalmae.formats.schema import FORMAT_VERSION, MANIFEST_NAME
+from modalmae.shards.engines import WORKERS_DID_NOT_START, WorkersDidNotStart, run_local, run_ray
+from modalmae.shards.output import Output
+from modalmae.shards.plan import ShardTask, build_shard, finished_record, options_fingerprint, plan_tasks
 from modalmae.shards.types import Sample, Skip
-from modalmae.shards.writer import ShardWriter, remove_stale
+from modalmae.shards.writer import OWN_NAMES
 
 log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
 
 Job = tuple[Any, str]  # (absolute path, or what a grouping find_jobs makes of several; relative POSIX path)
 
@@ -107,91 +119,34 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _skip_reason(e: Exception) -> str:
-    """What a failed ``prepare`` says in the manifest; never a bare "MemoryError: "."""
-    reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    if isinstance(e, MemoryError):
-        reason += " (preparing this file needed more memory than was free; fewer --workers may help)"
-    return reason
-
-
-def _safe_prepare(prepare: Callable, path: Path, relpath: str, options: Any) -> Sample | Skip:
-    try:
-        return prepare(path, relpath, options)
-    except Exception as e:  # noqa: BLE001 - one bad file must never end the build
-        return Skip(relpath, _skip_reason(e))
-
-
-def _pool(workers: int, prepare: Callable) -> ProcessPoolExecutor:
-    # forkserver (spawn where there is none), not fork: the parent may run threads (tqdm's
-    # monitor, torch's pool), and forking a threaded process can deadlock the child.
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    context = multiprocessing.get_context("forkserver")
-    # Workers fork from a server that has already imported the modality (numpy, FFmpeg, ...):
-    # milliseconds per worker instead of a second. Applies when the server starts, once per process.
-    context.set_forkserver_preload(["__main__", prepare.__module__])
-    return ProcessPoolExecutor(workers, mp_context=context)
-
-
-def _isolated(prepare: Callable, job: Job, options: Any) -> Sample | Skip:
-    """Run one job in a pool of its own, to tell which file killed a worker."""
-    with _pool(1, prepare) as pool:
-        try:
-            return pool.submit(_safe_prepare, prepare, *job, options).result()
-        except BrokenProcessPool:
-            return Skip(job[1], "the worker process died while preparing this file (a crash in a native decoder?)")
-
-
-def prepare_all(prepare: Callable, jobs: list[Job], options: Any, *, workers: int) -> Iterator[Sample | Skip]:
-    """``prepare`` of every job, yielded in job order; at most 2 x workers jobs in flight.
-
-    ``workers=1`` runs in this process (debuggers, monkeypatching in tests). When a worker
-    process dies, the jobs that were in flight are retried one by one in fresh processes, so
-    only the file that kills its process is skipped.
-    """
-    if workers <= 1:
-        yield from (_safe_prepare(prepare, *job, options) for job in jobs)
-        return
-    todo = deque(jobs)
-    while todo:
-        window: deque[tuple[Job, Future]] = deque()
-        pool = _pool(workers, prepare)
-        try:
-            while todo or window:
-                while todo and len(window) < 2 * workers:
-                    future = pool.submit(_safe_prepare, prepare, *todo[0], options)
-                    window.append((todo.popleft(), future))  # only once submitted: none gets lost
-                result = window[0][1].result()
-                window.popleft()
-                yield result
-        except BrokenProcessPool:
-            for job, future in window:
-                done = future.done() and future.exception() is None
-                yield future.result() if done else _isolated(prepare, job, options)
-        finally:
-            # On an interrupt, do not wait for the queued files; running ones finish on their own.
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _options_record(options: Any) -> dict:
     return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(vars(options))
 
 
-def check_output(output: Path, name: str) -> None:
+def check_output(output: Output, name: str) -> None:
     """Refuse to build ``name`` shards where a finished build of another modality lies."""
-    manifest = output / MANIFEST_NAME
-    if not manifest.is_file():
-        return
     try:
-        found = json.loads(manifest.read_text()).get("modality")
+        found = json.loads(output.read_text(MANIFEST_NAME) or "{}").get("modality")
     except (OSError, ValueError, AttributeError):
         return  # not ours to judge: it is replaced like any earlier build
     if found is not None and found != name:
         raise OutputInUseError(
-            f"{output} holds {found} shards ({manifest}); refusing to replace them with {name} shards: "
+            f"{output} holds {found} shards ({output.url(MANIFEST_NAME)}); refusing to replace them with {name} shards: "
             f"choose another --output, or delete that folder first"
         )
+
+
+def remove_stale(output: Output, keep: set[str]) -> list[str]:
+    """Delete our shards, records and .tmp files not in ``keep`` (of an earlier, bigger or
+    interrupted build, they would mislead anyone globbing ``*.tar``); returns the names removed."""
+    stale = [name for name in output.names() if OWN_NAMES.fullmatch(name) and name not in keep]
+    for name in stale:
+        output.remove(name)
+    return stale
+
+
+def _recover(task: ShardTask, prepare_one, *, prepare, options, output) -> dict:
+    return build_shard(task, prepare=prepare, options=options, output=output, prepare_one=prepare_one)
 
 
 def build_shards(
@@ -206,16 +161,30 @@ def build_shards(
     labels: str | os.PathLike | Mapping[str, str] | None = None,
     label_from_parent: bool = False,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    overwrite: bool = False,
+    retries: int = 2,
 ) -> dict:
-    """Build shards of ``input_dir`` into ``output_dir``; returns the manifest (also written).
+    """Build shards of ``input_dir`` into ``output_dir`` (a folder, or an fsspec URL such as
+    ``s3://bucket/corpus``); returns the manifest (also written), with ``"build"`` added: what
+    this run did (not written to the manifest, which is the same however the build ran).
 
     ``options``: the builder's ``options`` (default: its defaults). ``labels``: a ``path,label``
-    CSV file or a {relative path: label} mapping. ``workers``: processes preparing files
-    (default: the CPUs this process may use; 1 = in this process). Raises ``NoInputError``
-    before touching ``output_dir`` when the folder holds no candidate file at all, and
-    ``OutputInUseError`` when ``output_dir`` holds shards of another modality.
+    CSV file or a {relative path: label} mapping. ``engine``: ``"local"`` (``workers``
+    processes, default the CPUs this process may use; 1 = in this process) or ``"ray"`` (the
+    cluster at ``ray_address``, or a local Ray with ``workers`` CPUs). Shards finished by an
+    earlier run of the same build are kept (``overwrite`` writes every shard again); a failing
+    shard task is retried ``retries`` times. Raises ``NoInputError`` before touching
+    ``output_dir`` when the folder holds no candidate file at all, ``OutputInUseError`` when
+    ``output_dir`` holds shards of another modality, ``engines.BuildError`` when a shard cannot
+    be written.
     """
-    root, output = Path(input_dir), Path(output_dir)
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise WorkersDidNotStart(WORKERS_DID_NOT_START)  # we are a worker importing an unguarded script
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    root, output = Path(input_dir), Output(output_dir)
     if not root.is_dir():
         raise NotADirectoryError(f"input {root}: not a directory")
     if labels is not None and label_from_parent:
@@ -235,70 +204,93 @@ def build_shards(
             f"no {builder.name} file under {root} (looked for {' '.join(sorted(builder.extensions))}; other files: {others})"
         )
     check_output(output, builder.name)
-    skipped: list[dict] = []
-    warnings: list[dict] = []
+    skipped: list[dict] = []  # files no shard task sees
     jobs = []
+    folder_name = root.resolve().name  # the "parent folder" of files at the top level
     for source, rel in found:
         try:
             rel.encode("utf-8")  # keys and the json need text; a raw-bytes name has none
-            jobs.append((source, rel))
         except UnicodeEncodeError:
             skipped.append({"path": rel.encode("utf-8", "backslashreplace").decode(), "reason": "file name is not valid UTF-8"})
-    workers = max(1, min(workers or default_workers(), len(jobs)))
+            continue
+        label = None
+        if table is not None:
+            label = table.get(rel)
+        elif label_from_parent:
+            label = PurePosixPath(rel).parent.name or folder_name
+        jobs.append((source, rel, label))
 
-    output.mkdir(parents=True, exist_ok=True)
+    # What decides the shards' content; the engine, workers and progress do not, so they are left out.
+    record = {
+        "input": str(root), "max_count": max_count, "max_size": max_size,
+        "labels": None if labels is None else "mapping" if isinstance(labels, Mapping) else str(labels),
+        "label_from_parent": label_from_parent, **_options_record(options),
+    }
+    digest = options_fingerprint({"modality": builder.name, **{k: v for k, v in record.items() if k not in ("input", "labels")}})
+    tasks = plan_tasks(jobs, max_count=max_count, max_size=max_size, options_digest=digest)
+
+    output.makedirs()
     # Without a manifest the folder is visibly unfinished, whatever happens from here on.
-    (output / MANIFEST_NAME).unlink(missing_ok=True)
-    unlabeled = written = 0
-    folder_name = root.resolve().name  # the "parent folder" of files at the top level
-    with ShardWriter(output, max_count=max_count, max_size=max_size) as writer:
-        results = prepare_all(builder.prepare, jobs, options, workers=workers)
-        bar = tqdm(results, total=len(jobs), desc=f"{builder.name} shards", unit="file", disable=not progress)
-        for result in bar:
-            if isinstance(result, Skip):
-                skipped.append(dataclasses.asdict(result))
-                continue
-            relpath = result.meta["source"]
-            if result.warning:
-                warnings.append({"path": relpath, "warning": result.warning})
-            if table is not None:
-                if relpath in table:
-                    result.meta["label"] = table[relpath]
-                else:
-                    unlabeled += 1
-            elif label_from_parent:
-                result.meta["label"] = PurePosixPath(relpath).parent.name or folder_name
-            files = {**result.files, "json": json.dumps(result.meta, sort_keys=True).encode()}
-            writer.write(sample_key(relpath), files)
-            written += 1
-            bar.set_postfix(written=written, skipped=len(skipped), refresh=False)
-    shards = writer.shards
-    stale = remove_stale(output, keep={s["name"] for s in shards})
-    if unlabeled:
+    output.remove(MANIFEST_NAME)
+    stale = remove_stale(output, keep={t.name for t in tasks} | {t.record_name for t in tasks})
+    records: dict[int, dict] = {}
+    if not overwrite:
+        for task in tasks:
+            if (earlier := finished_record(output, task)) is not None:
+                records[task.index] = earlier
+    reused = len(records)
+    todo = [task for task in tasks if task.index not in records]
+
+    bar = tqdm(
+        total=len(jobs), initial=sum(len(t.jobs) for t in tasks if t.index in records),
+        desc=f"{builder.name} shards", unit="file", disable=not progress,
+    )
+
+    def done(task: ShardTask, shard_record: dict) -> None:
+        records[task.index] = shard_record
+        bar.update(len(task.jobs))
+        bar.set_postfix(shards=f"{len(records)}/{len(tasks)}", skipped=sum(len(r["skipped"]) for r in records.values()), refresh=False)
+
+    run = functools.partial(build_shard, prepare=builder.prepare, options=options, output=output)
+    recover = functools.partial(_recover, prepare=builder.prepare, options=options, output=output)
+    started = time.perf_counter()
+    with bar:
+        if engine == "ray":
+            run_ray(todo, run, done, address=ray_address, workers=workers, retries=retries, recover=recover, prepare=builder.prepare, options=options)
+        else:
+            workers = max(1, min(workers or default_workers(), len(todo) or 1))
+            run_local(
+                todo, run, done, workers=workers, retries=retries, recover=recover, prepare=builder.prepare, options=options,
+                preload=[builder.prepare.__module__],
+            )
+    elapsed = time.perf_counter() - started
+
+    ordered = [records[t.index] for t in tasks]
+    if table is not None and (unlabeled := sum(r.get("unlabeled", 0) for r in ordered)):
         log.warning("%d file(s) not in the labels CSV were stored without a label", unlabeled)
     if table is not None and (unused := len(set(table) - set(relpaths))):
         log.warning("%d row(s) of the labels CSV name no %s file under %s", unused, builder.name, root)
-
+    shards = [{k: r[k] for k in ("name", "num_samples", "bytes", "sha256")} for r in ordered if r["num_samples"]]
     manifest = {
         "format_version": FORMAT_VERSION,
         "modality": builder.name,
         "num_samples": sum(s["num_samples"] for s in shards),
         "total_bytes": sum(s["bytes"] for s in shards),
         "shards": shards,
-        "skipped": sorted(skipped, key=lambda s: s["path"]),
-        "warnings": warnings,  # samples kept with a caveat (e.g. a video that decodes part-way)
+        "skipped": sorted(skipped + [s for r in ordered for s in r["skipped"]], key=lambda s: s["path"]),
+        "warnings": [w for r in ordered for w in r["warnings"]],  # samples kept with a caveat (e.g. a video that decodes part-way)
         "ignored_files": sum(ignored.values()),  # files the builder does not try: counted, not listed
         "ignored_by_suffix": dict(sorted(ignored.items())),
-        "removed_stale": stale,
-        # What decides the shards' content; workers and progress do not, so they are left out.
-        "options": {
-            "input": str(root), "max_count": max_count, "max_size": max_size,
-            "labels": None if labels is None else "mapping" if isinstance(labels, Mapping) else str(labels),
-            "label_from_parent": label_from_parent, **_options_record(options),
-        },
+        "options": record,
         "created_by": f"modalmae {__version__}",
     }
-    tmp = output / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, output / MANIFEST_NAME)
+    output.write_text(MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    written = [records[t.index] for t in todo]
+    manifest["build"] = {
+        "engine": engine, "shards_written": len(todo), "shards_reused": reused, "removed_stale": stale, "seconds": round(elapsed, 3),
+        # worker time of the shards written by this run: preparing (decoding, checking) files vs writing tars
+        "prepare_seconds": round(sum(r["seconds"]["prepare"] for r in written), 3),
+        "write_seconds": round(sum(r["seconds"]["write"] for r in written), 3),
+        "files_prepared": sum(r["files"] for r in written),
+    }
     return manifest

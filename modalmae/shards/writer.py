@@ -5,19 +5,24 @@ layout, see ``modalmae.formats.schema``). Three properties matter downstream:
 
 - Atomic: each shard is written as ``<name>.tmp``, flushed to disk and renamed when complete,
   so an interrupted build never leaves a half shard under a final name.
-- Deterministic: members carry fixed metadata (mtime 0, uid/gid 0, no user names, mode 0444)
-  in USTAR headers, so the same samples in the same order give byte-identical shards.
+- Deterministic: members carry fixed metadata (mtime 0, uid/gid 0, no user names, mode 0444),
+  so the same samples in the same order give byte-identical shards.
 - Checksummed: the sha256 of each shard's bytes is computed as they are written (no second
   read) and recorded with the shard, for the manifest; readers verify shards against it.
 
-Written with ``tarfile`` directly: webdataset's ``ShardWriter`` gzips members whose name ends
-in ``.gz`` and stamps the current time.
+The bytes are those ``tarfile`` writes (USTAR headers, PAX only for a name USTAR cannot hold,
+end-of-archive blocks, padding to whole records), but each header is encoded once and written
+straight to the file: ``TarFile.addfile`` would encode it again and copy the data through a
+stream. webdataset's ``ShardWriter`` is not used: it gzips members whose name ends in ``.gz``
+and stamps the current time.
+
+``TarShard`` writes one shard; ``ShardWriter`` rolls over a numbered series of them (the
+builder plans its shards itself and writes each with a ``TarShard``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import tarfile
@@ -30,8 +35,12 @@ END_OF_ARCHIVE = 2 * BLOCK  # two zero blocks
 RECORD = tarfile.RECORDSIZE  # tarfile pads a closed archive to whole records of 20 blocks
 
 _PREFIX, _SUFFIX = SHARD_PATTERN.split("{index:06d}")
-# Names this writer owns in an output folder: finished shards and their in-progress .tmp.
-OWN_NAMES = re.compile(re.escape(_PREFIX) + r"[0-9]{6,}" + re.escape(_SUFFIX) + r"(\.tmp)?")
+STATS_SUFFIX = ".stats.json"  # the builder's record of one shard, next to it (``modalmae.shards.build``)
+# Names this writer and the builder own in an output folder: finished shards, their records and
+# what is in progress (.tmp).
+OWN_NAMES = re.compile(
+    re.escape(_PREFIX) + r"[0-9]{6,}(" + re.escape(_SUFFIX) + "|" + re.escape(STATS_SUFFIX) + r")(\.tmp)?"
+)
 
 
 def tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -43,13 +52,18 @@ def tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def header_format(info: tarfile.TarInfo) -> int:
-    """USTAR when the name fits (keys from schema.sample_key always do), else PAX."""
+def member_header(name: str, size: int) -> bytes:
+    """The header blocks of one member: USTAR when the name fits (keys from
+    ``schema.sample_key`` always do), else PAX, as ``tarfile`` would write them."""
+    info = tar_info(name, size)
     try:
-        info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
-        return tarfile.USTAR_FORMAT
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
     except ValueError:  # name too long, or not ASCII
-        return tarfile.PAX_FORMAT
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+def padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
 
 
 def archive_size(member_bytes: int) -> int:
@@ -57,18 +71,58 @@ def archive_size(member_bytes: int) -> int:
     return -(-(member_bytes + END_OF_ARCHIVE) // RECORD) * RECORD
 
 
-class _Hashing:
-    """A file being written that hashes every byte written through it."""
+def encode_sample(key: str, files: dict[str, bytes]) -> list[tuple[bytes, bytes]]:
+    """(header, data) of each of a sample's members, in the order given."""
+    if not files:
+        raise ValueError(f"sample {key!r} has no files")
+    return [(member_header(f"{key}.{ext}", len(data)), data) for ext, data in files.items()]
 
-    def __init__(self, file: io.BufferedWriter) -> None:
-        self.file, self.sha256 = file, hashlib.sha256()
 
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        return self.file.write(data)
+def members_size(members: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(header) + padded(len(data)) for header, data in members)
 
-    def tell(self) -> int:
-        return self.file.tell()
+
+class TarShard:
+    """One shard written to the file ``path``, in one pass, hashing as it goes.
+
+    ``finish`` makes it durable; naming it atomically is the caller's part (``ShardWriter``
+    writes ``<name>.tmp`` and renames it, the builder writes through ``Output.staged``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "wb")
+        self._sha256 = hashlib.sha256()
+        self.num_samples = 0
+        self.bytes = 0  # written so far: headers and padded data
+
+    def _write(self, data: bytes) -> None:
+        self._sha256.update(data)
+        self._file.write(data)
+
+    def add(self, members: list[tuple[bytes, bytes]]) -> None:
+        """One sample's members, from ``encode_sample``."""
+        for header, data in members:
+            pad = padded(len(data)) - len(data)
+            self._write(header)
+            self._write(data)
+            if pad:
+                self._write(bytes(pad))
+            self.bytes += len(header) + len(data) + pad
+        self.num_samples += 1
+
+    def finish(self) -> dict:
+        """End the archive and make it durable: {"num_samples", "bytes", "sha256"}."""
+        total = archive_size(self.bytes)
+        self._write(bytes(total - self.bytes))  # end-of-archive blocks and padding to whole records
+        self._file.flush()
+        os.fsync(self._file.fileno())  # a rename must not land before the data does
+        self._file.close()
+        return {"num_samples": self.num_samples, "bytes": total, "sha256": self._sha256.hexdigest()}
+
+    def close(self) -> None:
+        """Close without finishing (the caller deletes the file)."""
+        self._file.close()
 
 
 class ShardWriter:
@@ -86,11 +140,7 @@ class ShardWriter:
         self.directory = Path(directory)
         self.max_count, self.max_size = max_count, max_size
         self.shards: list[dict] = []  # {"name", "num_samples", "bytes", "sha256"} of finished shards
-        self._file: io.BufferedWriter | None = None
-        self._hashing: _Hashing | None = None  # what the tar writes through, into _file
-        self._tar: tarfile.TarFile | None = None
-        self._count = 0
-        self._bytes = 0  # members written to the current shard, headers and padding included
+        self._shard: TarShard | None = None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -103,70 +153,41 @@ class ShardWriter:
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
         """Add one sample: ``files`` maps extension -> bytes, written in the order given."""
-        if not files:
-            raise ValueError(f"sample {key!r} has no files")
-        members = []
-        for ext, data in files.items():
-            info = tar_info(f"{key}.{ext}", len(data))
-            fmt = header_format(info)
-            size = len(info.tobuf(fmt, "utf-8", "strict")) + -(-len(data) // BLOCK) * BLOCK
-            members.append((info, fmt, data, size))
-        size = sum(m[3] for m in members)
-        if self._tar is not None and archive_size(self._bytes + size) > self.max_size:
+        members = encode_sample(key, files)
+        if self._shard is not None and archive_size(self._shard.bytes + members_size(members)) > self.max_size:
             self._finish()
-        if self._tar is None:
-            self._start()
-        for info, fmt, data, _ in members:
-            self._tar.format = fmt  # TarFile.addfile encodes each header in the current format
-            self._tar.addfile(info, io.BytesIO(data))
-        self._count += 1
-        self._bytes += size
-        if self._count == self.max_count:  # full: make it durable now, not when the next sample comes
+        if self._shard is None:
+            self._shard = TarShard(self._final().with_name(self._final().name + ".tmp"))
+        self._shard.add(members)
+        if self._shard.num_samples == self.max_count:  # full: make it durable now, not when the next sample comes
             self._finish()
 
     def close(self) -> list[dict]:
         """Finish the shard in progress; returns all finished shards."""
-        if self._tar is not None:
+        if self._shard is not None:
             self._finish()
         return self.shards
 
     def abort(self) -> None:
         """Drop the shard in progress (its .tmp file); finished shards stay."""
-        if self._tar is None:
-            return
-        self._file.close()
-        self._tmp_path().unlink(missing_ok=True)
-        self._tar = self._file = self._hashing = None
+        if self._shard is not None:
+            self._shard.close()
+            self._shard.path.unlink(missing_ok=True)
+            self._shard = None
 
-    def _name(self) -> str:
-        return SHARD_PATTERN.format(index=len(self.shards))
-
-    def _tmp_path(self) -> Path:
-        return self.directory / (self._name() + ".tmp")
-
-    def _start(self) -> None:
-        self._file = open(self._tmp_path(), "wb")
-        self._hashing = _Hashing(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
-        self._count = self._bytes = 0
+    def _final(self) -> Path:
+        return self.directory / SHARD_PATTERN.format(index=len(self.shards))
 
     def _finish(self) -> None:
-        self._tar.close()  # end-of-archive blocks; leaves our file object open
-        self._file.flush()
-        os.fsync(self._file.fileno())  # the rename must not land before the data does
-        self._file.close()
-        final = self.directory / self._name()
-        os.replace(self._tmp_path(), final)
-        self.shards.append({
-            "name": final.name, "num_samples": self._count, "bytes": final.stat().st_size,
-            "sha256": self._hashing.sha256.hexdigest(),
-        })
-        self._tar = self._file = self._hashing = None
+        record, final = self._shard.finish(), self._final()
+        os.replace(self._shard.path, final)
+        self.shards.append({"name": final.name, **record})
+        self._shard = None
 
 
 def remove_stale(directory: str | os.PathLike, *, keep: set[str]) -> list[str]:
-    """Delete our shards and .tmp files not in ``keep`` (from an earlier, bigger or interrupted
-    build, they would mislead anyone globbing ``*.tar``); returns the names removed."""
+    """Delete our shards, records and .tmp files not in ``keep`` (from an earlier, bigger or
+    interrupted build, they would mislead anyone globbing ``*.tar``); returns the names removed."""
     stale = sorted(p.name for p in Path(directory).iterdir() if OWN_NAMES.fullmatch(p.name) and p.name not in keep)
     for name in stale:
         (Path(directory) / name).unlink()

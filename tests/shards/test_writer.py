@@ -7,7 +7,8 @@ import tarfile
 
 import pytest
 
-from modalmae.shards.build import ShardBuilder, build_shards, prepare_all
+from modalmae.shards.build import ShardBuilder, build_shards
+from modalmae.shards.plan import safe_prepare
 from modalmae.shards.types import Sample
 from modalmae.shards.writer import RECORD, ShardWriter, archive_size, remove_stale
 
@@ -135,6 +136,6 @@ def test_an_exception_without_a_message_still_gives_a_reason():
     def prepare(path, relpath, options):
         raise {"a": MemoryError(), "b": KeyError(), "c": ValueError("bad header")}[relpath]
 
-    reasons = [s.reason for s in prepare_all(prepare, [(None, "a"), (None, "b"), (None, "c")], None, workers=1)]
+    reasons = [safe_prepare(prepare, None, relpath, None).reason for relpath in ("a", "b", "c")]
     assert reasons[0].startswith("MemoryError (") and "more memory" in reasons[0]
     assert reasons[1:] == ["KeyError", "ValueError: bad header"]
