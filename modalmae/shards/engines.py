@@ -12,8 +12,8 @@ file that kills its process becomes a ``Skip`` with the reason.
 
 - ``run_local``: a pool of ``workers`` processes forked from a forkserver (spawned where there
   is none); ``workers=1`` runs every task in this process (debuggers, monkeypatching in tests).
-  Workers are made to die with the forkserver, which dies with this process, so a build killed
-  with ``kill -9`` leaves no process behind.
+  Each worker watches the build's process and exits when it ends, and the forkserver exits
+  with its last worker, so a build killed with ``kill -9`` leaves no process behind.
 - ``run_ray``: one Ray task per shard, retried ``retries`` times when it fails or its worker
   dies (``max_retries`` / ``retry_exceptions``), on the cluster at ``address`` (``auto``,
   ``ray://head:10001``) or on a Ray started here for the build (``workers`` CPUs).
@@ -21,11 +21,12 @@ file that kills its process becomes a ``Skip`` with the reason.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
-import signal
-import sys
+import os
+import select
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -61,12 +62,32 @@ WORKERS_DID_NOT_START = (
 )
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: on Linux, be killed when the process that forked us (the forkserver,
-    which exits when the build's process dies) goes, however it goes."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+def _exit_with(pid: int) -> None:
+    """Worker initializer: end this worker as soon as process ``pid`` (the build's) ends,
+    however it ends. Neither the parent's death nor the forkserver's can do it: the workers
+    are the forkserver's children, and each holds the pipe that keeps the forkserver alive."""
+    try:
+        watch = os.pidfd_open(pid)  # Linux 5.3+: readable once the process has ended, no pid reuse race
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        watch = None
+
+    def wait_then_exit() -> None:
+        if watch is not None:
+            select.select([watch], [], [])
+        else:
+            while True:
+                time.sleep(0.5)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        os._exit(1)
+
+    threading.Thread(target=wait_then_exit, name="exit-with-build", daemon=True).start()
 
 
 def _ready() -> bool:
@@ -83,7 +104,7 @@ def _pool(workers: int, preload: Sequence[str]) -> ProcessPoolExecutor:
         # Workers fork from a server that has already imported the modality (numpy, FFmpeg, ...):
         # milliseconds per worker instead of a second. Applies when the server starts, once per process.
         context.set_forkserver_preload(["__main__", *preload])
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),))
     try:
         pool.submit(_ready).result()
     except BrokenProcessPool:
