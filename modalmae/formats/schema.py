@@ -61,7 +61,11 @@ Image sample (modality ``"image"``)::
 Keys are derived from the relative source path (``sample_key``), so rebuilding the same folder
 gives the same keys in the same order.
 
-``manifest.json`` next to the shards, written last (a folder without one is an unfinished build)::
+``manifest.json`` next to the shards, written last (a folder without one is an unfinished build),
+merged from the shards' stats records ``shard-NNNNNN.stats.json`` (``modalmae.shards.plan``);
+shard ``i`` holds the usable files of the build plan's ``i``-th group, so the shards listed may
+skip a number (a group none of whose files was usable has no tar). The manifest holds nothing
+that depends on how or where the build ran: a resumed build and a clean one write the same::
 
     {"format_version": 1, "modality": "audio" | "video" | "points" | "mri" | "image", "num_samples": int, "total_bytes": int,
      "shards": [{"name": "shard-000000.tar", "num_samples": int, "bytes": int,
@@ -69,7 +73,6 @@ gives the same keys in the same order.
      "skipped": [{"path": relative path, "reason": str}, ...],
      "warnings": [{"path": relative path, "warning": str}, ...],  (kept with a caveat)
      "ignored_files": int (files of kinds the modality does not read), "ignored_by_suffix": {suffix: count},
-     "removed_stale": [names of old shards],
      "options": {the build options}, "created_by": "modalmae <version>"}
 
 Batches (produced by ``modalmae.data``)
