@@ -178,7 +178,7 @@ def build_shard(
             shard.add(members)
             seconds["write"] += time.perf_counter() - start
         if shard is not None:
-            record.update(shard.finish())
+            record.update(shard.finish(sync=False))  # Output.staged makes it durable before naming it
     # Leaving the block renamed (or uploaded) the tar; only now may the record say it is done.
     if shard is None:
         output.remove(task.name)  # an earlier build's shard of this name would contradict the record

@@ -18,12 +18,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import AUDIO, REPO
 from modalmae.modalities import MODALITIES
 from modalmae.shards import Sample, ShardBuilder, build_shards
 from modalmae.shards.plan import plan_groups
-from modalmae.shards.writer import TarShard, encode_sample, tar_info
+from modalmae.shards.writer import TarShard, _tarfile_header, encode_sample, member_header, tar_info
 
 HERE = Path(__file__).parent
 
@@ -90,6 +92,14 @@ def test_tar_shard_bytes_are_what_tarfile_writes(tmp_path):
                     tar.format = tarfile.PAX_FORMAT
                 tar.addfile(info, io.BytesIO(data))
     assert (tmp_path / "ours.tar").read_bytes() == reference.getvalue()
+
+
+@given(
+    name=st.text(st.characters(min_codepoint=1, max_codepoint=0x2FF, blacklist_categories=("Cs",)), min_size=1, max_size=120),
+    size=st.one_of(st.integers(0, 2**20), st.integers(8**11 - 2, 8**11 + 2)),
+)
+def test_member_headers_are_tarfiles_for_any_name_and_size(name, size):
+    assert member_header(name, size) == _tarfile_header(name, size)
 
 
 def test_plan_groups_cut_by_count_and_input_bytes():
