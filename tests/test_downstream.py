@@ -19,16 +19,29 @@ SOURCES = ["arctic_a0007", "sense_and_sensibility_01_austen_64kb-0870", "sense_a
 FRAMES = 32  # 0.32 s windows
 
 
-@pytest.fixture(scope="module")
-def windows(tmp_path_factory):
-    """0.32 s windows every 0.16 s of three recordings, in folders named after the recording."""
-    raw = tmp_path_factory.mktemp("windows")
+def write_windows(raw, *, per_source: int | None = None) -> None:
+    """0.33 s windows every 0.16 s of three recordings (the first ``per_source`` of each), in
+    folders of ``raw`` named after the recording."""
     for name in SOURCES:
         wave, sr = sf.read(AUDIO / f"{name}.wav", dtype="float32")
         (raw / name).mkdir()
         size, hop = int(0.33 * sr), int(0.16 * sr)
-        for i, start in enumerate(range(0, len(wave) - size, hop)):
+        for i, start in enumerate(range(0, len(wave) - size, hop)[:per_source]):
             sf.write(raw / name / f"w{i:03d}.wav", wave[start : start + size], sr)
+
+
+def save_random_encoder(folder):
+    """An untrained tiny Audio-MAE saved to ``folder``: its pooled fbank patches already carry the recording."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(SpectrogramPatches(embed_dim=192, num_frames=FRAMES, num_mel_bins=128), mae_tiny())
+    return save_pretrained(model, folder, extra={"frontend": AudioFrontend(num_frames=FRAMES).config()})
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory):
+    """The windows of the three recordings as labelled audio shards."""
+    raw = tmp_path_factory.mktemp("windows")
+    write_windows(raw)
     out = tmp_path_factory.mktemp("shards") / "windows"
     build = load_script("pipelines/build_shards.py")
     args = ["--modality", "audio", "--input", str(raw), "--output", str(out), "--label-from-parent", "--max-count", "40", "--workers", "1", "--quiet"]
@@ -38,11 +51,7 @@ def windows(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def random_encoder(tmp_path_factory):
-    """An untrained tiny Audio-MAE: its pooled fbank patches already carry the recording."""
-    torch.manual_seed(0)
-    model = MaskedAutoencoder(SpectrogramPatches(embed_dim=192, num_frames=FRAMES, num_mel_bins=128), mae_tiny())
-    folder = tmp_path_factory.mktemp("model") / "model"
-    return save_pretrained(model, folder, extra={"frontend": AudioFrontend(num_frames=FRAMES).config()})
+    return save_random_encoder(tmp_path_factory.mktemp("model") / "model")
 
 
 def read_metrics(run):
