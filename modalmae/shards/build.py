@@ -145,10 +145,6 @@ def remove_stale(output: Output, keep: set[str]) -> list[str]:
     return stale
 
 
-def _recover(task: ShardTask, prepare_one, *, prepare, options, output) -> dict:
-    return build_shard(task, prepare=prepare, options=options, output=output, prepare_one=prepare_one)
-
-
 def build_shards(
     *,
     builder: ShardBuilder,
@@ -252,15 +248,14 @@ def build_shards(
         bar.set_postfix(shards=f"{len(records)}/{len(tasks)}", skipped=sum(len(r["skipped"]) for r in records.values()), refresh=False)
 
     run = functools.partial(build_shard, prepare=builder.prepare, options=options, output=output)
-    recover = functools.partial(_recover, prepare=builder.prepare, options=options, output=output)
     started = time.perf_counter()
     with bar:
         if engine == "ray":
-            run_ray(todo, run, done, address=ray_address, workers=workers, retries=retries, recover=recover, prepare=builder.prepare, options=options)
+            run_ray(todo, run, done, address=ray_address, workers=workers, retries=retries, prepare=builder.prepare, options=options)
         else:
-            workers = max(1, min(workers or default_workers(), len(todo) or 1))
+            workers = max(1, min(workers or default_workers(), sum(len(t.jobs) for t in todo) or 1))
             run_local(
-                todo, run, done, workers=workers, retries=retries, recover=recover, prepare=builder.prepare, options=options,
+                todo, run, done, workers=workers, retries=retries, prepare=builder.prepare, options=options,
                 preload=[builder.prepare.__module__],
             )
     elapsed = time.perf_counter() - started

@@ -6,12 +6,14 @@ as tasks finish, in any order. Whatever the engine, a shard's bytes are the same
 
 A file that kills the process preparing it (a crash in a native decoder) must cost only that
 file. When a worker dies, each shard task that was running is run again alone; one that kills
-its process again is written by ``recover(task, prepare_one)`` in the parent, with each of its
-files prepared in a process of its own (``prepare_one`` gets the files one at a time), and the
-file that kills its process becomes a ``Skip`` with the reason.
+its process again is written here with each of its files prepared in a process of its own
+(``run(task, prepared=...)``), and the file that kills its process becomes a ``Skip`` with the
+reason.
 
 - ``run_local``: a pool of ``workers`` processes forked from a forkserver (spawned where there
   is none); ``workers=1`` runs every task in this process (debuggers, monkeypatching in tests).
+  With fewer shards to write than workers (a small corpus), the shards are written here one by
+  one and their files prepared by all the workers, in order, so every core still works.
   Each worker watches the build's process and exits when it ends, and the forkserver exits
   with its last worker, so a build killed with ``kill -9`` leaves no process behind.
 - ``run_ray``: one Ray task per shard, retried ``retries`` times when it fails or its worker
@@ -28,7 +30,7 @@ import select
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -38,10 +40,9 @@ from modalmae.shards.types import Sample, Skip
 
 log = logging.getLogger(__name__)
 
-Run = Callable[[ShardTask], dict]
+Run = Callable[..., dict]  # (task, prepared=None) -> record: plan.build_shard with the build's options bound
 Done = Callable[[ShardTask, dict], None]
 PrepareOne = Callable[[Any, str], "Sample | Skip"]
-Recover = Callable[[ShardTask, PrepareOne], dict]
 
 DIED = "the worker process died while preparing this file (a crash in a native decoder?)"
 
@@ -114,7 +115,7 @@ def _pool(workers: int, preload: Sequence[str]) -> ProcessPoolExecutor:
 
 
 def isolated(prepare: Prepare, options: Any, preload: Sequence[str]) -> PrepareOne:
-    """``prepare_one`` running each file in a pool of its own."""
+    """``prepare_one(source, relpath)`` running each file in a pool of its own."""
 
     def prepare_one(source: Any, relpath: str) -> Sample | Skip:
         pool = _pool(1, preload)
@@ -128,19 +129,49 @@ def isolated(prepare: Prepare, options: Any, preload: Sequence[str]) -> PrepareO
     return prepare_one
 
 
+def _one_by_one(task: ShardTask, prepare_one: PrepareOne) -> Iterator[Sample | Skip]:
+    return (prepare_one(source, relpath) for source, relpath, _ in task.jobs)
+
+
+def prepared_in_order(task: ShardTask, prepare: Prepare, options: Any, *, workers: int, preload: Sequence[str]) -> Iterator[Sample | Skip]:
+    """``prepare`` of each of ``task``'s files by ``workers`` processes, yielded in order, at
+    most 2 x workers in flight. When a worker dies, the files that were in flight are prepared
+    again one process each, so only the file that kills its process is skipped."""
+    todo = deque((source, relpath) for source, relpath, _ in task.jobs)
+    while todo:
+        window: deque[tuple[tuple[Any, str], Future]] = deque()
+        pool = _pool(workers, preload)
+        try:
+            while todo or window:
+                while todo and len(window) < 2 * workers:
+                    window.append((todo[0], pool.submit(safe_prepare, prepare, *todo[0], options)))
+                    todo.popleft()  # only once submitted: none gets lost
+                result = window[0][1].result()
+                window.popleft()
+                yield result
+        except BrokenProcessPool:
+            prepare_one = isolated(prepare, options, preload)
+            for job, future in window:
+                done = future.done() and future.exception() is None
+                yield future.result() if done else prepare_one(*job)
+        finally:
+            # On an interrupt, do not wait for the queued files; running ones finish on their own.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run_local(
-    tasks: Sequence[ShardTask], run: Run, done: Done, *, workers: int, retries: int, recover: Recover,
-    prepare: Prepare, options: Any, preload: Sequence[str] = (),
+    tasks: Sequence[ShardTask], run: Run, done: Done, *, workers: int, retries: int, prepare: Prepare, options: Any,
+    preload: Sequence[str] = (),
 ) -> None:
     """Run ``tasks`` in ``workers`` processes (1: in this one), at most one per worker at a
-    time, so a worker's death loses at most ``workers`` tasks' work. ``recover(task,
-    prepare_one)`` writes a task whose process dies twice (here, each file in a process of its
-    own); ``preload``: modules the forkserver imports once for all workers."""
-    if workers <= 1:
+    time, so a worker's death loses at most ``workers`` tasks' work; with fewer tasks than
+    workers, write them here and prepare their files in the workers. ``preload``: modules the
+    forkserver imports once for all workers."""
+    if workers <= 1 or len(tasks) < workers:
         for task in tasks:
-            done(task, _retrying(run, task, retries))
+            prepared = None if workers <= 1 else prepared_in_order(task, prepare, options, workers=workers, preload=preload)
+            done(task, _retrying(run, task, retries, prepared))
         return
-    prepare_one = isolated(prepare, options, preload)
     pending, failures = deque(tasks), Counter()
     while pending:
         pool = _pool(workers, preload)
@@ -172,28 +203,28 @@ def run_local(
             # On an interrupt, do not wait for the queued tasks; running ones end with the pool.
             pool.shutdown(wait=False, cancel_futures=True)
         for task in sorted(broken, key=lambda t: t.index):
-            done(task, _alone(task, run, lambda t: recover(t, prepare_one), preload))
+            done(task, _alone(task, run, isolated(prepare, options, preload), preload))
 
 
-def _alone(task: ShardTask, run: Run, recover: Callable[[ShardTask], dict], preload: Sequence[str]) -> dict:
+def _alone(task: ShardTask, run: Run, prepare_one: PrepareOne, preload: Sequence[str]) -> dict:
     """A task that was running when a worker died, run again in a pool of its own; if it kills
-    that one too, it holds the culprit: ``recover`` writes it with its files isolated."""
+    that one too, it holds the culprit: written here, each of its files in a process of its own."""
     pool = _pool(1, preload)
     try:
         return pool.submit(run, task).result()
     except BrokenProcessPool:
         log.warning("%s: a file killed its worker process; preparing its files one process each", task.name)
-        return recover(task)
+        return run(task, prepared=_one_by_one(task, prepare_one))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _retrying(run: Run, task: ShardTask, retries: int) -> dict:
+def _retrying(run: Run, task: ShardTask, retries: int, prepared: Iterable[Sample | Skip] | None = None) -> dict:
     for attempt in range(retries + 1):
         try:
-            return run(task)
+            return run(task, prepared=prepared)
         except Exception as e:  # noqa: BLE001 - an output error: retried, then fatal
-            if attempt == retries:
+            if attempt == retries or prepared is not None:  # results handed in cannot be had twice
                 raise BuildError(f"{task.name}: {type(e).__name__}: {e}") from e
             log.warning("%s failed (%s: %s); retrying", task.name, type(e).__name__, e)
     raise AssertionError("unreachable")
@@ -213,10 +244,10 @@ def _ray_run(run: Run, task: ShardTask) -> dict:
 
 def run_ray(
     tasks: Sequence[ShardTask], run: Run, done: Done, *, address: str | None, workers: int | None, retries: int,
-    recover: Recover, prepare: Prepare, options: Any,
+    prepare: Prepare, options: Any,
 ) -> None:
-    """Run ``tasks`` as Ray tasks (see the module docstring). ``recover(task, prepare_one)``
-    writes a task whose worker died on every try, with each file in a Ray task of its own."""
+    """Run ``tasks`` as Ray tasks (see the module docstring). A task whose worker died on every
+    try is written here, each of its files prepared in a Ray task of its own."""
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
@@ -232,7 +263,7 @@ def run_ray(
                 record = ray.get(ready[0])
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError):
                 log.warning("%s: a file killed its Ray worker on every try; preparing its files one task each", task.name)
-                record = recover(task, _ray_isolated(ray, prepare, options))
+                record = run(task, prepared=_one_by_one(task, _ray_isolated(ray, prepare, options)))
             except ray.exceptions.RayTaskError as e:
                 raise BuildError(f"{task.name}: {e.cause!r} (after {retries} retries)") from e
             done(task, record)

@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,15 +143,17 @@ def plan_tasks(jobs: Sequence[tuple[Any, str, str | None]], *, max_count: int, m
 
 
 def build_shard(
-    task: ShardTask, *, prepare: Prepare, options: Any, output: Output,
-    prepare_one: Callable[[Any, str], Sample | Skip] | None = None,
+    task: ShardTask, *, prepare: Prepare, options: Any, output: Output, prepared: Iterable[Sample | Skip] | None = None,
 ) -> dict:
     """Write planned shard ``task`` and its stats record into ``output``; returns the record.
 
-    ``prepare_one(source, relpath)`` replaces the in-process ``prepare`` (the engines pass one
-    that runs each file in a process of its own, to tell which file kills a worker).
+    ``prepared``: the results of ``task``'s jobs in order, made elsewhere (the engines prepare
+    files in parallel processes for a shard written here, or each in a process of its own to
+    tell which file kills a worker); by default each is prepared here, in turn.
     """
-    prepare_one = prepare_one or (lambda source, relpath: safe_prepare(prepare, source, relpath, options))
+    if prepared is None:
+        prepared = (safe_prepare(prepare, source, relpath, options) for source, relpath, _ in task.jobs)
+    results = iter(prepared)
     record: dict[str, Any] = {
         "name": task.name, "index": task.index, "fingerprint": task.fingerprint, "files": len(task.jobs),
         "num_samples": 0, "bytes": 0, "sha256": None, "skipped": [], "warnings": [], "unlabeled": 0,
@@ -161,7 +163,7 @@ def build_shard(
         shard: TarShard | None = None
         for source, relpath, label in task.jobs:
             start = time.perf_counter()
-            result = prepare_one(source, relpath)
+            result = next(results)
             seconds["prepare"] += time.perf_counter() - start
             if isinstance(result, Skip):
                 record["skipped"].append(dataclasses.asdict(result))

@@ -179,6 +179,18 @@ def test_a_worker_crash_skips_only_that_file(tmp_path):
     }
 
 
+def test_fewer_shards_than_workers_still_use_every_worker(tmp_path):
+    # One shard, two workers: its files are prepared by both, in order, and it is written here;
+    # a file that kills its worker is still the only one skipped.
+    root = make_input(tmp_path / "in")
+    crashed = build(root, tmp_path / "out", max_count=100, workers=2, options=Options(crash_on="f03.bin"))
+    assert [s["path"] for s in crashed["skipped"]] == ["f03.bin"] and "worker process died" in crashed["skipped"][0]["reason"]
+    assert [s["num_samples"] for s in crashed["shards"]] == [8]
+    parallel = build(root, tmp_path / "parallel", max_count=100, workers=2)
+    build(root, tmp_path / "serial", max_count=100, workers=1)
+    assert parallel["build"]["files_prepared"] == 9 and tars(tmp_path / "parallel") == tars(tmp_path / "serial")
+
+
 def _processes_with(marker: str) -> list[str]:
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
