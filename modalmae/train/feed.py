@@ -30,7 +30,8 @@ import torch
 from accelerate import Accelerator
 
 from modalmae.data.shards import ShardSet
-from modalmae.data.stream import Layout, SampleDecoder, ShardStream, StreamPosition, make_loader
+from modalmae.data.epochs import Layout
+from modalmae.data.stream import SampleDecoder, ShardStream, StreamPosition, make_loader
 
 log = logging.getLogger(__name__)
 

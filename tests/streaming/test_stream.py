@@ -211,9 +211,9 @@ def test_collate_stacks_tensors_and_sums_skips():
 
 
 def test_shuffle_buffer_permutes_but_keeps_items():
-    from modalmae.data.stream import _shuffled
+    from modalmae.data.epochs import shuffled
 
-    out = list(_shuffled(iter(range(50)), 8, random.Random(0)))
+    out = list(shuffled(iter(range(50)), 8, random.Random(0)))
     assert sorted(out) == list(range(50)) and out != list(range(50))
 
 
