@@ -92,6 +92,36 @@ def test_two_processes_resume_mid_epoch_continues_the_same_order(shards, tmp_pat
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
 
 
+def test_elastic_resume_with_other_processes_and_workers_trains_on_every_sample_once(shards, tmp_path):
+    """One run stopped mid-epoch twice and resumed each time in another layout: 2 processes x
+    2 workers -> 3 x 1 -> 2 x 3, the last with --epochs (counted in its own layout). Over the
+    three, every clip of every epoch is trained on exactly once, and the processes of each run
+    take the same number of steps.
+
+    8 clips, batch 1. Run 1: 4 slots of 2 clips, one step (2 clips). Run 2: 6 left on 3 slots
+    of 2, one of its two steps. Run 3: 3 left on 6 slots (three pad with a borrowed clip: 3
+    steps), then epoch 1 in 6 slots of 1-2 clips (6 steps): 2 + 3 + 6 = 11 for --epochs 2."""
+    run = tmp_path / "run"
+    layouts = [(2, 2, ["--max-steps", "1"]), (3, 1, ["--max-steps", "2"]), (2, 3, ["--epochs", "2"])]
+    steps = [0]
+    for i, (processes, workers, until) in enumerate(layouts):
+        launch(processes, shards, run, "--workers", str(workers), *until, *(["--resume", "latest"] if i else []))
+        ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in range(processes)]
+        steps.append(steps[-1] + ranks[0]["steps"])
+        assert len({r["steps"] for r in ranks}) == 1, f"run {i + 1}: ranks took different numbers of steps"
+        assert len({r["weights_digest"] for r in ranks}) == 1
+    assert steps == [0, 1, 2, 11]
+    trained = [item for r in range(3) for item in keys(run, r)]  # every run's ranks, old and new
+    for epoch in (0, 1):
+        real = [k for _, e, k, pad in trained if e == epoch and not pad]
+        assert sorted(real) == sorted(all_keys(shards)), f"epoch {epoch}: {Counter(real)}"
+    assert any(pad for step, e, _, pad in trained if e == 0 and step > 2), "run 3 pads its share of epoch 0's remainder"
+    position = json.loads((run / "checkpoints" / "step_0000011" / "data_rank0.json").read_text())
+    assert (position["world_size"], position["workers"]) == (2, 3) and "origin" in position["stream"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 12)) and metrics[-1]["epoch"] == 2.0
+
+
 @pytest.mark.parametrize(
     "name,kind,processes,machines",
     [("gpu_1", "NO", 1, 1), ("gpu_8", "MULTI_GPU", 8, 1), ("two_nodes", "MULTI_GPU", 16, 2), ("fsdp_8gpu", "FSDP", 8, 1)],

@@ -10,6 +10,11 @@ without decoding) the first one's samples: a rank reads at most its share plus o
 Giving whole shards to slots instead would make the slots' lengths differ by up to a shard,
 which equal steps per epoch would have to pad with re-read shards.
 
+What a stopped run left of an epoch (``Remainder``: the epoch's line without the samples it
+consumed) is cut the same way, into equal contiguous segments for the slots of the run that
+continues it with another layout (an elastic resume, ``modalmae.data.stream``); a shard with
+consumed samples among its remaining ones is read once over, keeping only those (``Piece.keep``).
+
 Without sample counts (a brace pattern, no manifest) slots get whole shards: rank r takes
 every R-th shard of the epoch's order and its workers every W-th of those.
 
@@ -31,7 +36,7 @@ import glob
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +45,7 @@ from braceexpand import braceexpand
 from modalmae.data.remote import Checksum, is_remote, iter_shard, open_url, shard_url
 from modalmae.formats.schema import MANIFEST_NAME, SHARD_PATTERN
 
-__all__ = ["Piece", "ShardSet", "exact_pieces", "iter_shard", "resampled_pieces", "resolve_shards"]
+__all__ = ["Piece", "Remainder", "ShardSet", "exact_pieces", "iter_shard", "resampled_pieces", "resolve_shards"]
 
 SHARD_GLOB = SHARD_PATTERN.replace("{index:06d}", "[0-9]" * 6)
 
@@ -142,16 +147,37 @@ def _resolve(spec: str | os.PathLike) -> ShardSet:
 
 @dataclass(frozen=True)
 class Piece:
-    """Samples ``skip .. skip + take`` of one shard (``take`` None: to its end, count unknown)."""
+    """Samples ``skip .. skip + take`` of one shard (``take`` None: to its end, count unknown).
+
+    ``keep``: the piece of an epoch's remainder (see ``Remainder``) has holes where samples were
+    already consumed; it then gives only these sample numbers (sorted, the first is ``skip``),
+    ``take`` of them, read in one go over the shard."""
 
     url: str
     skip: int = 0
     take: int | None = None
     checksum: Checksum | None = None  # the whole shard's, from its manifest
+    keep: tuple[int, ...] | None = None
+
+    def indices(self) -> Sequence[int]:
+        """The shard's sample numbers this piece gives, in order (needs a known ``take``)."""
+        return self.keep if self.keep is not None else range(self.skip, self.skip + self.take)
 
     def read(self, *, verify: bool = True) -> Iterator[dict]:
         """The samples; with ``verify`` and a checksum, only once the whole shard matches it."""
-        return iter_shard(self.url, skip=self.skip, take=self.take, checksum=self.checksum if verify else None)
+        checksum = self.checksum if verify else None
+        if self.keep is None:
+            return iter_shard(self.url, skip=self.skip, take=self.take, checksum=checksum)
+        return self._read_kept(checksum)
+
+    def _read_kept(self, checksum: Checksum | None) -> Iterator[dict]:
+        # One read over the span (the holes are few: the samples a shuffle buffer had handed out
+        # near a slot's stop), rather than one opening of the shard per run of kept samples.
+        wanted = set(self.keep)
+        span = iter_shard(self.url, skip=self.skip, take=self.keep[-1] - self.skip + 1, checksum=checksum)
+        for number, sample in enumerate(span, start=self.skip):
+            if number in wanted:
+                yield sample
 
 
 def epoch_order(urls: list[str], *, epoch: int, seed: int, shuffle: bool = True) -> list[str]:
@@ -178,6 +204,55 @@ def exact_pieces(shards: ShardSet, *, epoch: int, seed: int, rank: int, world_si
             pieces.append(Piece(url, lo - offset, hi - lo, shards.checksums.get(url)))
         offset += size
     return pieces
+
+
+@dataclass
+class Remainder:
+    """What is left of one epoch once a stopped run consumed some of its samples: the epoch's
+    line (``order``: its shards in the epoch's order, their samples end to end) without those,
+    to be cut like a whole epoch into equal contiguous segments, one per slot of the run that
+    continues it. Left with nothing consumed, the cut is ``exact_pieces``'s.
+
+    ``consumed``: url -> one byte per sample of that shard, 1 where consumed (a bitmap, not a
+    set of numbers: an epoch may hold millions of samples)."""
+
+    shards: ShardSet
+    order: list[str]
+    consumed: dict[str, bytearray]
+
+    def __post_init__(self) -> None:
+        self.left = [self.shards.sizes[u] - (self.consumed[u].count(1) if u in self.consumed else 0) for u in self.order]
+        self.size = sum(self.left)  # samples left in the epoch
+
+    def pieces(self, slot: int, num_slots: int) -> list[Piece]:
+        """Slot ``slot``'s segment of the remainder (empty when fewer samples are left than slots)."""
+        return self._between(slot * self.size // num_slots, (slot + 1) * self.size // num_slots)
+
+    def borrowed(self, slot: int, num_slots: int) -> list[Piece]:
+        """What an empty segment pads with: the one sample left at its cut point (a repeat: the
+        slot whose segment holds it reads it as well)."""
+        at = slot * self.size // num_slots % self.size
+        return self._between(at, at + 1)
+
+    def _between(self, start: int, end: int) -> list[Piece]:
+        pieces, offset = [], 0
+        for url, left in zip(self.order, self.left):
+            lo, hi = max(start, offset), min(end, offset + left)
+            if lo < hi:
+                marks = self.consumed.get(url)
+                numbers = range(self.shards.sizes[url]) if marks is None else [i for i, m in enumerate(marks) if not m]
+                pieces.append(_piece(url, numbers[lo - offset : hi - offset], self.shards.checksums.get(url)))
+            offset += left
+            if offset >= end:
+                break
+        return pieces
+
+
+def _piece(url: str, numbers: Sequence[int], checksum: Checksum | None) -> Piece:
+    """A piece giving these sample numbers (sorted) of one shard: a plain range when they follow on."""
+    if numbers[-1] - numbers[0] + 1 == len(numbers):
+        return Piece(url, numbers[0], len(numbers), checksum)
+    return Piece(url, numbers[0], len(numbers), checksum, keep=tuple(numbers))
 
 
 def segment_length(num_samples: int, num_slots: int) -> int:

@@ -26,6 +26,20 @@ before the position are not even opened. The position is exact to the sample (of
 multi-item decoder, the rest of a sample whose first items were consumed is dropped). Without
 a manifest the samples before the position are read again, though not decoded.
 
+Elastic resume. A position holds for its own layout (processes x workers, batch size, shuffle
+buffer, items per sample). ``continue_from`` starts a stream of another layout from the
+positions of ALL ranks of the stopped run: since each slot's order is a function of (seed,
+source, epoch, rank, worker, layout), the same replay run on sample numbers says exactly which
+samples (shard, number in shard) each old slot consumed, without reading a shard. For each
+source, the first epoch not finished on every old slot (and any later one some slot began)
+goes on with the samples no old slot consumed: in the epoch's line order, cut into equal
+contiguous segments for the new slots (``modalmae.data.epochs``, ``shards.Remainder``), each slot padded to the same
+quota (a slot whose segment is empty, with fewer samples left than slots, pads with one
+borrowed sample), so every rank still runs the same number of steps; later epochs are the new
+layout's own. The new positions carry the old run (``origin``), so a resume in the new layout
+stays exact, and a further elastic resume replays both (an origin is dropped once no epoch it
+left in part is still ahead of any slot).
+
 Mixing. Given several shard sets (and weights), each worker draws the source of every item at
 random with those weights; each source keeps its own epochs and positions.
 
@@ -46,7 +60,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from modalmae.data.shards import Piece, ShardSet, exact_pieces, resampled_pieces, segment_length, shards_per_rank
+from modalmae.data.epochs import Layout, Origin, SlotPlan, finished, plan_slot, shuffled, slot_seed
+from modalmae.data.shards import Piece, ShardSet, resampled_pieces, segment_length, shards_per_rank
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +128,73 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.shuffle_shards, self.epochs = shuffle_buffer, shuffle_shards, epochs
         self.resampled, self.pad_to, self.items_per_sample = resampled, pad_to, items_per_sample
-        self.start, self.verify = start or {}, verify
+        self.start, self.verify = start, verify
+
+    @property
+    def start(self) -> dict:
+        """Where this rank's stream continues from: a ``StreamPosition.state()``."""
+        return self._start
+
+    @start.setter
+    def start(self, start: dict | None) -> None:
+        self._start = start or {}
+        origin = self._start.get("origin")
+        self._origin = None if origin is None else Origin(origin, self.sources, self.seed)
+
+    def layout(self, num_workers: int) -> Layout:
+        """This stream's layout with ``num_workers`` loader workers per rank."""
+        return Layout(
+            world_size=self.world_size, workers=max(1, num_workers), pad_to=None if self.resampled else self.pad_to,
+            items_per_sample=self.items_per_sample, shuffle_buffer=self.shuffle_buffer, shuffle_shards=self.shuffle_shards,
+        )
+
+    def continue_from(self, states: list[dict], layout: Layout) -> None:
+        """Start where a run of another ``layout`` (processes, workers, batch size, shuffle
+        buffer) stopped, given ``states``: the ``StreamPosition.state()`` of every one of its
+        ranks, in rank order (the same list on every rank of this run).
+
+        Each source goes on with the first epoch that run had not finished on every slot: the
+        samples of it no slot consumed are cut afresh into this stream's slots (equal segments,
+        padded to the same quota), as are those of any later epoch some slot had begun; then
+        whole epochs follow. Raises ValueError when the run cannot be replayed."""
+        if self.resampled:
+            raise ValueError("a resampled stream has no epochs to continue")
+        if any(not s.has_sizes for s in self.sources):
+            raise ValueError("continuing another layout's epoch needs every shard's size (a manifest)")
+        if len(states) != layout.world_size:
+            raise ValueError(f"{len(states)} rank position(s) for a run of {layout.world_size}")
+        # The run being continued may itself have continued another: one copy of that origin
+        # (the same in every rank's state) goes along, for the epochs it still bears on.
+        older = next((s["origin"] for s in states if s.get("origin")), None)
+        starts = [0] * len(self.sources)
+        if older is not None:
+            starts = [Origin(older, self.sources, self.seed).bounds(i)[0] for i in range(len(self.sources))]
+        ranks = [{"next_worker": s.get("next_worker", 0), "slots": s.get("slots", {})} for s in states]
+        origin = Origin({"layout": layout.state(), "start": starts, "ranks": ranks, "origin": older}, self.sources, self.seed)
+        origin.prune()
+        self.start = {"origin": origin.state()}
+
+    def _start_epoch(self, source: int) -> int:
+        """Where a slot without a position for ``source`` begins: the first epoch the run this
+        stream continues had not finished (0 for a fresh stream)."""
+        return 0 if self._origin is None else self._origin.bounds(source)[0]
+
+    def remainder(self, num_workers: int) -> tuple[int, int] | None:
+        """For a single padded source started by ``continue_from``: (the items this rank reads
+        before its first whole epoch, that epoch). None for other streams."""
+        if len(self.sources) > 1 or self.quota(0, num_workers) is None:
+            return None
+        if self._origin is None:
+            return 0, 0
+        layout, (lo, hi) = self.layout(num_workers), self._origin.bounds(0)
+        items = sum(self._plan(0, e, 0, num_workers).quota for e in range(lo, hi + 1)) * layout.workers
+        return items, max(lo, hi + 1)
+
+    def _plan(self, source: int, epoch: int, worker: int, num_workers: int) -> SlotPlan:
+        return plan_slot(
+            self.sources[source], source=source, epoch=epoch, seed=self.seed, layout=self.layout(num_workers), rank=self.rank,
+            worker=worker, origin=self._origin,
+        )
 
     def max_workers(self) -> int:
         """Workers each rank can use: every slot must get at least one sample (or shard)."""
@@ -127,8 +208,7 @@ class ShardStream(IterableDataset):
         shards = self.sources[source]
         if self.pad_to is None or self.resampled or not shards.has_sizes:
             return None
-        longest = segment_length(shards.num_samples, self.world_size * max(1, num_workers)) * self.items_per_sample
-        return -(-longest // self.pad_to) * self.pad_to
+        return self.layout(num_workers).quota(segment_length(shards.num_samples, self.world_size * max(1, num_workers)))
 
     def items_per_epoch(self, num_workers: int) -> int | None:
         """Items one rank consumes per epoch of a single padded source, else None."""
@@ -166,25 +246,20 @@ class ShardStream(IterableDataset):
 
     def _source_items(self, source: int, worker: int, num_workers: int, position: dict) -> Iterator[dict]:
         shards, decode = self.sources[source], self.decoders[source]
-        epoch = position.get("epoch", 0)
+        epoch = position.get("epoch", self._start_epoch(source))
         first, count = position.get("index", -1) + 1, position.get("count", 0)
-        quota = self.quota(source, num_workers)
         skipped = 0
         while self.epochs is None or epoch < self.epochs:
-            if quota is not None and count >= quota:  # the position was an epoch's last item
+            plan = None if self.resampled else self._plan(source, epoch, worker, num_workers)
+            if plan is not None and finished(plan, first, count):  # the position was the epoch's last item, or nothing is left of it
                 epoch, first, count = epoch + 1, 0, 0
                 continue
-            slot = f"{self.seed}:{source}:{epoch}:{self.rank}:{worker}"
-            plan = None if self.resampled else exact_pieces(
-                shards, epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size, worker=worker,
-                num_workers=num_workers, shuffle=self.shuffle_shards,
-            )
-            pass_length = sum(p.take for p in plan) if plan and shards.has_sizes else None
-            if quota is None and pass_length is not None and first >= pass_length:  # an unpadded epoch's last item
-                epoch, first, count = epoch + 1, 0, 0
-                continue
+            quota = None if plan is None else plan.quota
+            # A run of failures this long holds a whole pass: padding would cycle forever.
+            give_up_after = 2 * max(plan.length, sum(p.take for p in plan.padding)) if plan and plan.length is not None else None
+            slot = slot_seed(self.seed, source, epoch, self.rank, worker)
             since_decoded, decoded_any = 0, False
-            for index, sample, pad in self._epoch_samples(shards, plan, pass_length, worker, slot, first, padded=quota is not None):
+            for index, sample, pad in self._epoch_samples(shards, plan, worker, slot, first):
                 if index < first:
                     continue  # consumed before the resume position
                 if sample is MISSING:
@@ -197,8 +272,7 @@ class ShardStream(IterableDataset):
                         log.warning("skipping sample %s in %s: %s: %s", sample.get("__key__"), sample.get("__url__"), type(e).__name__, e)
                 if decoded is None:
                     skipped, since_decoded = skipped + 1, since_decoded + 1
-                    # A run of failures this long holds a whole pass: padding would cycle forever.
-                    if pass_length and since_decoded >= 2 * pass_length:
+                    if give_up_after and since_decoded >= give_up_after:
                         self._give_up(shards, epoch, worker)
                         return
                     continue
@@ -227,7 +301,7 @@ class ShardStream(IterableDataset):
             "above); this worker stops", shards.name, self.rank, worker, epoch,
         )
 
-    def _epoch_samples(self, shards, plan, length, worker, slot, first, *, padded) -> Iterator[tuple[int, Any, bool]]:
+    def _epoch_samples(self, shards: ShardSet, plan: SlotPlan | None, worker: int, slot: str, first: int) -> Iterator[tuple[int, Any, bool]]:
         """(index, raw sample | MISSING | PASSED, is padding) of one slot's epoch, in order."""
         if plan is None:  # resampled: one endless pass
             def pieces() -> Iterator[Piece]:
@@ -235,25 +309,28 @@ class ShardStream(IterableDataset):
 
             yield from ((i, s, False) for i, s in enumerate(self._pass(pieces, f"{slot}:0", first, shards.has_sizes)))
             return
-        if length is None:  # whole shards of unknown length: one pass
-            yield from ((i, s, False) for i, s in enumerate(self._pass(lambda: iter(plan), f"{slot}:0", first, False)))
+        if plan.length is None:  # whole shards of unknown length: one pass
+            yield from ((i, s, False) for i, s in enumerate(self._pass(lambda: iter(plan.pieces), f"{slot}:0", first, False)))
             return
-        # Passes before the one holding ``first`` are skipped without a look. Padding repeats
-        # the segment from its start, unshuffled: a shuffle buffer would read the whole
-        # segment again to hand out the few samples a padding pass needs.
-        for p in itertools.count(first // length):
-            offset = p * length
-            buffer = self.shuffle_buffer if p == 0 else 1
-            for i, sample in enumerate(self._pass(lambda: iter(plan), f"{slot}:{p}", first - offset, True, buffer)):
-                yield offset + i, sample, p > 0
-            if not padded:
-                return
+        if first < plan.length:  # the segment, shuffled
+            for i, sample in enumerate(self._pass(lambda: iter(plan.pieces), f"{slot}:0", first, True)):
+                yield i, sample, False
+        cycle = sum(p.take for p in plan.padding)
+        if plan.quota is None or not cycle:
+            return
+        # Padding passes repeat the segment from its start, unshuffled: a shuffle buffer would
+        # read the whole segment again to hand out the few samples a padding pass needs. Passes
+        # before the one holding ``first`` are skipped without a look.
+        for p in itertools.count(max(1, 1 + (first - plan.length) // cycle)):
+            offset = plan.length + (p - 1) * cycle
+            for i, sample in enumerate(self._pass(lambda: iter(plan.padding), f"{slot}:{p}", first - offset, True, 1)):
+                yield offset + i, sample, True
 
     def _pass(self, pieces: Callable[[], Iterable[Piece]], seed: str, first: int, sizes_known: bool, buffer: int | None = None) -> Iterator:
         """One shuffled pass over ``pieces()``; samples before ``first`` may come out as PASSED."""
         buffer = self.shuffle_buffer if buffer is None else buffer
         passed = _passed_pieces(pieces(), seed, first, buffer) if sizes_known and first > 0 else set()
-        yield from _shuffled(_samples(pieces(), passed, verify=self.verify), buffer, random.Random(seed))
+        yield from shuffled(_samples(pieces(), passed, verify=self.verify), buffer, random.Random(seed))
 
 
 def _samples(pieces: Iterable[Piece], passed: set[int], *, verify: bool) -> Iterator[dict | _Missing | _Passed]:
@@ -293,34 +370,20 @@ def _passed_pieces(pieces: Iterable[Piece], seed: str, first: int, buffer: int) 
             yield from itertools.repeat(p, piece.take)
 
     out: Counter[int] = Counter()
-    for n, p in enumerate(_shuffled(numbers(), buffer, random.Random(seed))):
+    for n, p in enumerate(shuffled(numbers(), buffer, random.Random(seed))):
         if n >= first:
             break
         out[p] += 1
     return {p for p, c in out.items() if c == sizes[p]}
 
 
-def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    """Reservoir-style shuffle buffer: yields a random buffered item once ``size`` are held."""
-    if size <= 1:
-        yield from items
-        return
-    buffer: list = []
-    for item in items:
-        buffer.append(item)
-        if len(buffer) >= size:
-            i = rng.randrange(len(buffer))
-            buffer[i], buffer[-1] = buffer[-1], buffer[i]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
-
-
 class StreamPosition:
     """What the training loop consumed of each (worker, source): a ``ShardStream`` ``start``.
 
     ``state()`` is JSON: {"next_worker": the slot whose batch comes next, "slots": {"<worker>":
-    {"mixed": items, "sources": [{"epoch", "index", "count"} or None per source]}}}.
+    {"mixed": items, "sources": [{"epoch", "index", "count"} or None per source]}}, and, after
+    an elastic start (``ShardStream.continue_from``), "origin": the run it continued, carried
+    along unchanged (this rank's slots' epochs may be cut from what that run left)}.
     """
 
     def __init__(self, num_sources: int, num_workers: int, state: dict | None = None) -> None:
@@ -330,6 +393,7 @@ class StreamPosition:
         self.slots: dict[str, dict] = {
             w: {"mixed": s["mixed"], "sources": list(s["sources"])} for w, s in state.get("slots", {}).items()
         }
+        self.origin = state.get("origin")
 
     def update(self, batch: dict) -> None:
         self.next_worker = (batch["__worker__"][-1] + 1) % self.num_workers
@@ -343,7 +407,10 @@ class StreamPosition:
 
     def state(self) -> dict:
         slots = {w: {"mixed": s["mixed"], "sources": [None if p is None else dict(p) for p in s["sources"]]} for w, s in self.slots.items()}
-        return {"next_worker": self.next_worker, "slots": slots}
+        state = {"next_worker": self.next_worker, "slots": slots}
+        if self.origin is not None:
+            state["origin"] = self.origin
+        return state
 
 
 def collate(items: list[dict]) -> dict[str, Any]:

@@ -4,13 +4,24 @@ The loader is built on a ``ShardStream`` that gives this rank its own samples (n
 ``accelerator.prepare``, which would dispatch batches from rank 0 or make every rank read
 everything). Its position (epoch and sample of every worker, per source) is saved with each
 checkpoint as ``data_rank<r>.json``, with what it is valid for (processes, workers, seed, batch
-size, shards); on resume the stream continues right after the last sample consumed, or, when
-any of those changed, starts the epoch afresh with a warning.
+size, shuffle buffer, items per sample, shards) and the layout that wrote it. On resume:
+
+- the same run layout: each rank continues right after the last sample it consumed, from its
+  own file alone, without reading or decoding what came before;
+- another number of processes or workers (or batch size, shuffle buffer, items per sample),
+  the same seed and shards with a manifest (an elastic resume): every rank reads the files of
+  ALL old ranks (a shared checkpoint folder), and its stream replays which samples the old run
+  consumed; the rest of the interrupted epoch is cut into equal segments for the new layout,
+  every rank running the same number of steps in it, and later epochs use the new layout
+  (``ShardStream.continue_from``);
+- otherwise (other seed or shards, resampled, no manifest, a file missing) the stream starts
+  the epoch afresh, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +30,14 @@ import torch
 from accelerate import Accelerator
 
 from modalmae.data.shards import ShardSet
+from modalmae.data.epochs import Layout
 from modalmae.data.stream import SampleDecoder, ShardStream, StreamPosition, make_loader
+
+log = logging.getLogger(__name__)
+
+# What may differ between a checkpoint's run and the resumed one for an elastic resume: how the
+# epochs are cut and padded. The seed and shards fix the epochs themselves, and must not change.
+ELASTIC = {"world_size", "workers", "batch_size", "shuffle_buffer", "items_per_sample"}
 
 
 @dataclass
@@ -45,56 +63,91 @@ class Feed:
 
     def __init__(
         self, cfg, accelerator: Accelerator, sources: list[ShardSet], decode: SampleDecoder, items_per_sample: int, resume: Path | None,
-        *, weights: list[float] | None, batch_size: int | None = None, name: str = "",
+        *, weights: list[float] | None, batch_size: int | None = None, name: str = "", start_step: int = 0,
     ) -> None:
-        self.cfg, self.sources = cfg, sources
+        self.cfg, self.sources, self.items_per_sample = cfg, sources, items_per_sample
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.batch_size = batch_size or cfg.batch_size
-        suffix = f"_{name}" if name else ""
-        self.position_file = f"data_rank{self.rank}{suffix}.json"
-        stream = ShardStream(
+        self.suffix = f"_{name}" if name else ""
+        self.position_file = f"data_rank{self.rank}{self.suffix}.json"
+        self.stream = stream = ShardStream(
             sources, decode, weights=weights, rank=self.rank, world_size=self.world,
             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, pad_to=self.batch_size,
             items_per_sample=items_per_sample, verify=cfg.verify_shards,
         )
         workers = min(cfg.workers, stream.max_workers())  # what make_loader will use
-        position = self._load_position(resume, self._identity(workers)) if resume else None
-        stream.start = position["stream"] if position else {}
+        position = self._resume(resume, workers, start_step) if resume else None  # sets the stream's start
         self.loader = make_loader(stream, batch_size=self.batch_size, num_workers=cfg.workers, pin_memory=accelerator.device.type == "cuda")
         self.rank_epoch_items = stream.items_per_epoch(self.loader.num_workers)  # the same on every rank
-        self.consumed = StreamPosition(len(sources), self.loader.num_workers, position and position["stream"])
+        # (micro-batches this rank had consumed when its layout's first whole epoch began, that
+        # epoch): after an elastic resume, the interrupted epoch's remainder takes its own count.
+        anchor = None if position is None else position.get("epoch_anchor")
+        self.epoch_anchor: tuple[int, int] | None = None if anchor is None else (int(anchor[0]), int(anchor[1]))
+        self.consumed = StreamPosition(len(sources), self.loader.num_workers, stream.start)
         self.source_counts = torch.tensor(position["source_counts"] if position else [0] * len(sources), dtype=torch.float64)
         self.shards_read: dict[int, set[str]] = {}  # epoch -> shards this rank read in it
         self.samples_seen = self.skipped = 0
         self.keys_log = None
         if cfg.log_keys:
             (Path(cfg.output) / "keys").mkdir(parents=True, exist_ok=True)
-            self.keys_log = open(Path(cfg.output) / "keys" / f"rank{self.rank}{suffix}.jsonl", "a")  # noqa: SIM115 - closed in close()
+            self.keys_log = open(Path(cfg.output) / "keys" / f"rank{self.rank}{self.suffix}.jsonl", "a")  # noqa: SIM115 - closed in close()
         self._batches = None  # the loader's workers start at the first batch, after the resume
 
     def _identity(self, workers: int) -> dict:
-        """What a saved data position is only valid for."""
+        """What a saved data position is only valid for (unchanged, it is continued as it is)."""
         cfg = self.cfg
         return {
             "world_size": self.world, "workers": workers, "seed": cfg.seed, "batch_size": self.batch_size,
-            "resampled": cfg.resampled, "shards": [s.urls for s in self.sources],
+            "resampled": cfg.resampled, "shards": [s.urls for s in self.sources], "shuffle_buffer": cfg.shuffle_buffer,
+            "items_per_sample": self.items_per_sample,
         }
 
-    def _load_position(self, resume: Path, identity: dict) -> dict | None:
-        """This rank's saved data position, or None (with a warning) when it no longer applies."""
-        path = resume / self.position_file
-        if not path.is_file():
+    def _file(self, rank: int) -> str:
+        return f"data_rank{rank}{self.suffix}.json"
+
+    def _resume(self, resume: Path, workers: int, start_step: int) -> dict | None:
+        """The data position to continue from (see the module docstring), or None (with a
+        warning) when the stream must start the epoch afresh."""
+        own, first = resume / self.position_file, resume / self._file(0)
+        if not own.is_file() and not first.is_file():
             warnings.warn(f"{resume}: no data position for rank {self.rank}; the data stream starts afresh", stacklevel=4)
             return None
-        saved = json.loads(path.read_text())
-        changed = [k for k in identity if saved.get(k) != identity[k]]
-        if changed:
-            warnings.warn(
-                f"{resume}: the data position was saved with other {', '.join(changed)}; the data stream starts "
-                f"afresh (samples of the interrupted epoch may repeat)", stacklevel=4,
-            )
-            return None
-        return saved
+        saved = json.loads((own if own.is_file() else first).read_text())
+        identity = self._identity(workers)
+        # Positions saved before a key was recorded say nothing about it: taken as unchanged.
+        changed = [k for k in identity if not _same(k, saved.get(k, identity[k]), identity[k])]
+        if not changed and own.is_file():
+            self.stream.start = saved["stream"]
+            return saved
+        why = f"the data position was saved with other {', '.join(changed)}" if changed else f"no data position for rank {self.rank}"
+        if changed and set(changed) <= ELASTIC:
+            try:
+                return self._continue(resume, saved, start_step, workers)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                why += f", and it cannot be continued ({type(e).__name__}: {e})"
+        warnings.warn(
+            f"{resume}: {why}; the data stream starts afresh (samples of the interrupted epoch may repeat)", stacklevel=4,
+        )
+        return None
+
+    def _continue(self, resume: Path, saved: dict, start_step: int, workers: int) -> dict:
+        """An elastic resume: this rank's start, built from the positions of every rank of the
+        checkpoint's run (another layout). Every rank builds the same origin; what the old run
+        consumed is replayed here, once, and goes to the loader's workers with the stream."""
+        old = [json.loads((resume / self._file(r)).read_text()) for r in range(saved["world_size"])]
+        for r, position in enumerate(old):
+            if any(position.get(k) != saved.get(k) for k in self._identity(workers)):
+                raise ValueError(f"{self._file(r)} was saved by another run than {self._file(0)}")
+        self.stream.continue_from([p["stream"] for p in old], Layout(**saved["layout"]))
+        # Per-source counts are summed over ranks when logged: rank 0 carries the old run's total.
+        counts = [sum(c) for c in zip(*(p["source_counts"] for p in old))] if self.rank == 0 else [0] * len(self.sources)
+        remainder = self.stream.remainder(workers)
+        anchor = None
+        if remainder is not None:
+            items, epoch = remainder
+            anchor = (start_step * self.cfg.grad_accum + items // self.batch_size, epoch)
+        log.info("rank %d: continuing the data of a run of %d process(es) x %d worker(s)", self.rank, saved["world_size"], saved["workers"])
+        return {"stream": self.stream.start, "source_counts": counts, "epoch_anchor": anchor}
 
     def next(self, step: int) -> dict:
         """The next batch, recorded as consumed."""
@@ -121,8 +174,12 @@ class Feed:
         return self.loader.num_workers
 
     def position(self) -> dict:
-        """This rank's data position, as saved in a checkpoint (``data_rank<r>.json``)."""
-        return {**self._identity(self.loader.num_workers), "stream": self.consumed.state(), "source_counts": self.source_counts.tolist()}
+        """This rank's data position, as saved in a checkpoint (``data_rank<r>.json``): what it
+        is valid for, the layout that replays it, the stream's position and per-source counts."""
+        return {
+            **self._identity(self.loader.num_workers), "layout": self.stream.layout(self.loader.num_workers).state(),
+            "stream": self.consumed.state(), "source_counts": self.source_counts.tolist(), "epoch_anchor": self.epoch_anchor,
+        }
 
     def save_position(self, folder: Path) -> None:
         (folder / self.position_file).write_text(json.dumps(self.position()) + "\n")
@@ -130,6 +187,12 @@ class Feed:
     def close(self) -> None:
         if self.keys_log is not None:
             self.keys_log.close()
+
+
+def _same(key: str, saved, now) -> bool:
+    if key == "workers":  # a loader without worker processes reads as one worker does
+        return max(1, saved) == max(1, now)
+    return saved == now
 
 
 class Feeds:
@@ -143,13 +206,18 @@ class Feeds:
     Each corpus keeps its own exact epochs and data position; the figures the loop reads are
     summed (counts) or concatenated (per shard set) over them."""
 
-    def __init__(self, cfg, accelerator: Accelerator, corpora: list[Corpus], resume: Path | None) -> None:
+    def __init__(self, cfg, accelerator: Accelerator, corpora: list[Corpus], resume: Path | None, *, start_step: int = 0) -> None:
         self.feeds = {
-            c.name: Feed(cfg, accelerator, c.sources, c.decode, c.items_per_sample, resume, batch_size=c.batch_size, weights=c.weights, name=c.name)
+            c.name: Feed(
+                cfg, accelerator, c.sources, c.decode, c.items_per_sample, resume, batch_size=c.batch_size, weights=c.weights,
+                name=c.name, start_step=start_step,
+            )
             for c in corpora
         }
         self.sources = [s for feed in self.feeds.values() for s in feed.sources]
-        self.rank_epoch_items = None if len(corpora) > 1 else next(iter(self.feeds.values())).rank_epoch_items
+        only = next(iter(self.feeds.values())) if len(corpora) == 1 else None
+        self.rank_epoch_items = None if only is None else only.rank_epoch_items
+        self.epoch_anchor = None if only is None else only.epoch_anchor
 
     def next(self, step: int) -> dict[str, dict]:
         return {name: feed.next(step) for name, feed in self.feeds.items()}

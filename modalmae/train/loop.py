@@ -24,9 +24,14 @@ over the steps since the previous line and over ranks), ``lr`` (used at that ste
 Resuming restores model, optimizer and RNG states (Accelerate ``save_state``), the step count
 (the learning rate is a pure function of the step) and the data position: each rank saves
 ``data_rank<r>.json`` (a ``StreamPosition``) in the checkpoint, and its stream continues after
-the last sample it consumed, exactly, without decoding the ones before. That needs the same
-number of processes, workers, seed and shards; otherwise the run warns and starts the
-interrupted epoch afresh.
+the last sample it consumed, exactly, without decoding the ones before. With another number of
+processes or workers (or batch size, shuffle buffer), the same seed and shards with a manifest,
+the resume is elastic: every rank reads all old ranks' positions, the samples of the
+interrupted epoch no old rank consumed are cut afresh into equal parts of the new layout (the
+same number of steps on every process), and later epochs use the new layout; ``--epochs`` and
+the ``epoch`` column then count the new layout's epochs from the end of that remainder. Another
+seed or other shards (or ``--resampled``, or no manifest) warn and start the interrupted epoch
+afresh (``modalmae.train.feed``).
 """
 
 from __future__ import annotations
@@ -130,8 +135,13 @@ class _Metrics:
     """The figures of the steps since the last metrics.jsonl line, reduced over processes when
     a line is written (main process only writes)."""
 
-    def __init__(self, accelerator: Accelerator, path: Path, *, effective_batch: int, epoch_samples: int | None, sources: list[ShardSet]) -> None:
+    def __init__(
+        self, accelerator: Accelerator, path: Path, *, effective_batch: int, epoch_samples: int | None, sources: list[ShardSet],
+        epoch_start: tuple[float, int] = (0.0, 0),
+    ) -> None:
+        """``epoch_start``: (step, epoch) where the epochs of ``epoch_samples`` begin."""
         self.accelerator, self.effective_batch, self.epoch_samples, self.sources = accelerator, effective_batch, epoch_samples, sources
+        self.epoch_start = epoch_start
         self.file = open(path, "a") if accelerator.is_main_process else None  # noqa: SIM115 - closed in close()
         self._reset()
 
@@ -161,7 +171,7 @@ class _Metrics:
             "loss": stats[0].item() / world if self.counted else None,  # the same count on every rank
             "lr": lr,
             "samples_per_s": self.steps * self.effective_batch / (time.perf_counter() - self.tick),
-            "epoch": step * self.effective_batch / self.epoch_samples if self.epoch_samples else None,
+            "epoch": self._epoch(step),
             "skipped": int(stats[1].item()),
             "nonfinite_steps": nonfinite,
         }
@@ -172,6 +182,13 @@ class _Metrics:
         self.write(record)
         self._reset()
         return record
+
+    def _epoch(self, step: int) -> float | None:
+        """Passes over the data at ``step`` (within an elastic resume's remainder: approximate)."""
+        if not self.epoch_samples:
+            return None
+        start_step, start_epoch = self.epoch_start
+        return start_epoch + (step - start_step) * self.effective_batch / self.epoch_samples
 
     def write(self, record: dict) -> None:
         if self.file is not None:
@@ -212,19 +229,25 @@ class _Run:
             for log in [self.output / "keys" / f"rank{rank}.jsonl", *(self.output / "keys").glob(f"rank{rank}_*.jsonl")]:
                 keep_until(log, self.start_step)
         if corpora:
-            self.feed: Feed | Feeds = Feeds(cfg, accelerator, corpora, resume)
+            self.feed: Feed | Feeds = Feeds(cfg, accelerator, corpora, resume, start_step=self.start_step)
             sources, per_step = self.feed.sources, sum(c.batch_size for c in corpora)
         else:
-            self.feed, per_step = Feed(cfg, accelerator, sources, decode, items_per_sample, resume, weights=cfg.weights), cfg.batch_size
+            self.feed = Feed(cfg, accelerator, sources, decode, items_per_sample, resume, weights=cfg.weights, start_step=self.start_step)
+            per_step = cfg.batch_size
         world = accelerator.num_processes
         epoch_samples = self.feed.rank_epoch_items * world if self.feed.rank_epoch_items else None
         self.effective_batch = per_step * cfg.grad_accum * world
         self.lr = cfg.lr if cfg.lr is not None else cfg.blr * self.effective_batch / 256
         self.max_steps = cfg.max_steps
+        # Epochs are counted from the first whole epoch of this layout: after an elastic resume,
+        # the interrupted epoch's remainder before it takes its own number of micro-batches.
+        anchor_batches, anchor_epoch = self.feed.epoch_anchor or (0, 0)
         if cfg.epochs is not None:
             if not epoch_samples:
                 raise ValueError("--epochs needs exact epochs over one shard set with a manifest.json (not --resampled or mixed)")
-            self.max_steps = math.ceil(cfg.epochs * epoch_samples / self.effective_batch)
+            epoch_batches = self.feed.rank_epoch_items // per_step
+            batches = anchor_batches + (cfg.epochs - anchor_epoch) * epoch_batches
+            self.max_steps = math.ceil(batches / cfg.grad_accum)
         self.warmup = min(cfg.warmup_steps, self.max_steps // 2)
         if accelerator.is_main_process:
             self.output.mkdir(parents=True, exist_ok=True)
@@ -247,6 +270,7 @@ class _Run:
         self.generator = torch.Generator()
         self.metrics = _Metrics(
             accelerator, self.output / "metrics.jsonl", effective_batch=self.effective_batch, epoch_samples=epoch_samples, sources=sources,
+            epoch_start=(anchor_batches / cfg.grad_accum, anchor_epoch),
         )
         self.bar = tqdm(
             total=self.max_steps, initial=self.start_step, disable=not (cfg.progress and accelerator.is_main_process), desc="train",

@@ -1,6 +1,7 @@
 """Exact epochs over generated shard sizes, ranks, workers and batch sizes: the slots' pieces of
 an epoch read every sample exactly once, in equal segments, and padding gives every rank the
-same number of items (at the piece level, then on small real shards)."""
+same number of items (at the piece level, then on small real shards). What is left of an
+epoch after a stop (an elastic resume's remainder) is cut the same way."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 
 from modalmae.data.remote import Checksum
 from modalmae.data.shards import (
+    Piece,
+    Remainder,
     ShardSet,
     epoch_order,
     exact_pieces,
@@ -179,3 +182,50 @@ def test_a_real_epoch_gives_every_sample_once_and_every_rank_the_same_items(case
         assert real == Counter({f"s{n:05d}": copies for n in range(sum(sizes))})
         if padded:
             assert len(set(per_rank)) == 1, f"ranks' epochs differ: {per_rank}"
+
+
+@examples(3)
+@given(
+    shards=shard_sets(checksums=True), world=st.integers(1, 4), workers=st.integers(1, 4), epoch=st.integers(0, 5), seed=seeds,
+    shuffle=st.booleans(), data=st.data(),
+)
+def test_an_epochs_remainder_is_cut_into_equal_disjoint_segments_of_what_is_left(shards, world, workers, epoch, seed, shuffle, data):
+    """What an elastic resume re-cuts: the samples of an epoch no slot of the stopped run
+    consumed, in the epoch's line order, into one contiguous segment per new slot."""
+    order = epoch_order(shards.urls, epoch=epoch, seed=seed, shuffle=shuffle)
+    line = [(u, n) for u in order for n in range(shards.sizes[u])]
+    taken = data.draw(st.sets(st.sampled_from(line)) if line else st.just(set()), label="consumed")
+    consumed: dict[str, bytearray] = {}
+    for url, n in taken:
+        consumed.setdefault(url, bytearray(shards.sizes[url]))[n] = 1
+    rest = Remainder(shards, order, consumed)
+    left = [s for s in line if s not in taken]
+    assert rest.size == len(left)
+    slots, cut, lengths = world * workers, [], []
+    for slot in range(slots):
+        pieces = rest.pieces(slot, slots)
+        for p in pieces:
+            assert p.take == len(p.indices()) >= 1 and p.skip == p.indices()[0] and p.checksum == shards.checksums.get(p.url)
+            assert (p.keep is None) == (list(p.indices()) == list(range(p.skip, p.skip + p.take)))
+        assert len({p.url for p in pieces}) == len(pieces), "a shard opened twice by one slot"
+        mine = [(p.url, n) for p in pieces for n in p.indices()]
+        cut += mine
+        lengths.append(len(mine))
+        if not mine and left:  # fewer samples left than slots: padding borrows one of them
+            (borrowed,) = [(p.url, n) for p in rest.borrowed(slot, slots) for n in p.indices()]
+            assert borrowed in left
+    assert cut == left, "the segments, slot after slot, are not what is left of the line"
+    assert max(lengths) - min(lengths) <= 1 and max(lengths) == segment_length(len(left), slots)
+    if not taken:  # nothing consumed: the cut of a whole epoch
+        for rank, worker in itertools.product(range(world), range(workers)):
+            whole = exact_pieces(
+                shards, epoch=epoch, seed=seed, rank=rank, world_size=world, worker=worker, num_workers=workers, shuffle=shuffle,
+            )
+            assert rest.pieces(rank * workers + worker, slots) == whole
+
+
+def test_a_piece_with_holes_reads_only_the_samples_it_keeps(tmp_path):
+    shards = resolve_shards(write_shards(tmp_path / "ds", [6]))
+    url = shards.urls[0]
+    piece = Piece(url, 1, 3, shards.checksums[url], keep=(1, 2, 4))
+    assert [s["__key__"] for s in piece.read()] == ["s00001", "s00002", "s00004"]

@@ -211,7 +211,66 @@ def test_collate_stacks_tensors_and_sums_skips():
 
 
 def test_shuffle_buffer_permutes_but_keeps_items():
-    from modalmae.data.stream import _shuffled
+    from modalmae.data.epochs import shuffled
 
-    out = list(_shuffled(iter(range(50)), 8, random.Random(0)))
+    out = list(shuffled(iter(range(50)), 8, random.Random(0)))
     assert sorted(out) == list(range(50)) and out != list(range(50))
+
+
+def elastic_layout(world, workers=1, **kw):
+    return ShardStream(ShardSet(urls=["x"]), decode, world_size=world, **kw).layout(workers)
+
+
+def test_an_elastic_start_opens_only_the_shards_with_samples_left(tmp_path):
+    """One process stops two shards into the epoch; two continue with what is left of it,
+    opening only the shards that hold some of it, and between them give each such sample once."""
+    from modalmae.data import remote
+
+    shards = resolve_shards(write_shards(tmp_path / "ds", [5] * 6))
+    kw = dict(seed=0, shuffle_buffer=2, shuffle_shards=False, pad_to=1)
+    consumed = take(ShardStream(shards, decode, **kw), 17)  # shards 0-1 are done (buffer 2), shard 3 is being read
+    remote.BYTES_READ.clear()
+    rest = []
+    for rank in range(2):
+        stream = ShardStream(shards, decode, rank=rank, world_size=2, **kw)
+        stream.continue_from([run_position([collate(consumed)])], elastic_layout(1, **kw))
+        count, first_whole = stream.remainder(1)
+        assert first_whole == 1
+        rest += [i for i in take(stream, count) if not i["__pad__"]]
+    assert sorted(int(i["value"]) for i in consumed + rest) == [v for v in range(30) if v != 13]  # 13 is corrupt
+    opened = {url.rsplit("/", 1)[1] for url in remote.BYTES_READ}
+    assert opened == {i["__url__"].rsplit("/", 1)[1] for i in rest}
+    assert opened.isdisjoint({"shard-000000.tar", "shard-000001.tar"})
+
+
+def test_positions_keep_only_the_runs_that_still_bear_on_what_is_left(tmp_path):
+    """Each elastic start carries the run it continues; that run's own origin goes along only
+    while one of its part-consumed epochs is not behind every slot of the run (so a position
+    stays small however many times a run is resumed elastically)."""
+    shards = resolve_shards(write_shards(tmp_path / "ds", [4, 4, 4]))
+    kw = dict(seed=1, shuffle_buffer=3, pad_to=1)
+
+    def run(world, steps, before=None):
+        states = []
+        for rank in range(world):
+            stream = ShardStream(shards, decode, rank=rank, world_size=world, **kw)
+            if before is not None:
+                stream.continue_from(*before)
+            position = StreamPosition(1, 1, stream.start)
+            if steps:
+                position.update(collate(take(stream, steps)))
+            states.append(position.state())
+        return states, elastic_layout(world, **kw)
+
+    def depth(state):
+        origin, n = state.get("origin"), 0
+        while origin is not None:
+            origin, n = origin["origin"], n + 1
+        return n
+
+    first = run(2, 2)  # 2 x 2 of epoch 0's 12 samples
+    inside = run(3, 1, first)  # 8 left over 3 slots: each stops inside its share
+    assert depth(inside[0][0]) == 1
+    assert depth(run(2, 0, inside)[0][0]) == 2  # what is left of epoch 0 still depends on the first run
+    past = run(3, 4, first)  # through the share of epoch 0 (3 items each) into epoch 1
+    assert depth(run(2, 0, past)[0][0]) == 1  # epoch 0 is behind every slot: the first run is forgotten
