@@ -14,7 +14,12 @@ Audio sample (modality ``"audio"``)::
     <key>.json    {"source": relative path of the raw file,
                    "format": <fmt>, "sample_rate": int, "channels": int, "frames": int,
                    "duration": seconds (float),
+                   "encoder": (only when the entry is a FLAC made here) {"name": "libFLAC",
+                              "version": the FLAC's vendor string, "libsndfile", "pyav",
+                              "libavcodec", "libavformat", "libswresample": versions},
                    "label": str (only when labels were given: CSV or parent folder)}
+                  With ``--validate header`` "frames" is the header's count (wav, flac: exact;
+                  mp3, ogg, opus: may differ from decoding by up to a packet).
 
 Video sample (modality ``"video"``)::
 
@@ -22,12 +27,19 @@ Video sample (modality ``"video"``)::
                   file holds (mp4, mov, 3gp, mkv, webm, avi, mpg, ts, ogv, flv, wmv, mxf, nut),
                   not by its file name. The original file, or an H.264 MP4 when re-encoded.
     <key>.flac    (only with ``--extract-audio`` and an audio track) 16 kHz mono FLAC
-    <key>.json    {"source", "format", "frames": frames that decode, "fps", "width", "height",
-                   "duration", "codec", "source_codec", "has_audio", "transcoded",
+    <key>.json    {"source", "format", "frames": frames that decode (``--validate header``:
+                   video packets holding data, the same count for common codecs), "fps", "width",
+                   "height", "duration", "codec", "source_codec", "has_audio", "transcoded",
+                   "encoder": (only when transcoded) {"name": "libx264", "version": "core <n>",
+                              "pyav", "libavcodec", "libavformat", "libswscale": versions},
                    "partial": true and "partial_reason" (only for files that decode part-way),
                    "audio": {"format", "sample_rate", "channels", "offset": seconds of video time
-                             at the FLAC's sample 0, 0 when absent (older shards)} (only with the flac entry),
+                             at the FLAC's sample 0, 0 when absent (older shards),
+                             "encoder": as an audio sample's} (only with the flac entry),
                    "label" (only when labels were given)}
+                  Re-encoded entries (H.264, FLAC) are the same bytes from the same input and
+                  the same "encoder" versions, in any process on any number of cores (x264
+                  checked alike from SSSE3 to AVX-512; other CPU architectures may differ).
 
 Point-cloud sample (modality ``"points"``)::
 

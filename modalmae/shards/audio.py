@@ -11,6 +11,21 @@ Follows the Audio-MAE data setup: one clip per sample, decoded later into a Kald
 - ``Options(transcode=True)`` stores every sample as mono 16-bit FLAC at one sample rate
   (downmix by averaging the channels, resampling with FFmpeg's swresample through PyAV).
 
+``Options(validate="header")`` (``--validate header``) trusts the content of files stored as
+their original bytes: libsndfile's header gives the rate, channels and frame count (for mp3,
+ogg and opus the header's count, which decoding may miss by a packet), and only what the header
+alone tells is checked (a WAV data chunk longer than the file, no samples). Files stored as FLAC
+are decoded in full either way, since the FLAC is made from their samples.
+
+FLAC made here is the same bytes in any process, on any number of cores, from the same input
+with the same libraries: libFLAC (through libsndfile) encodes on one thread, FFmpeg's decoders
+run with one thread and ``bitexact``. Its json records those libraries (``encoder``), since
+another version of them may write other bytes (libFLAC's vendor string is in the file). The
+CPU's instruction set may change them too: FFmpeg's float decoders (AAC, MP3, Vorbis, Opus)
+and its resampler take SIMD paths that round differently (measured on x86-64, forcing FFmpeg's
+SSE4.2, AVX, AVX2 and AVX-512 levels; MP2 gave the same samples at each). libFLAC's own CPU
+dispatch could not be varied here.
+
 Decoding streams in blocks, so a long recording never sits in memory as float samples. A NaN or
 infinite sample (a float WAV can hold them) is caught as the blocks stream by and skips the
 file: one would make every loss NaN from the step that draws it.
@@ -28,10 +43,11 @@ from pathlib import Path
 import av
 import numpy as np
 import soundfile as sf
+from av.codec.context import Flags as CodecFlags
 
 from modalmae.flags import arg, positive_int
 from modalmae.shards.build import ShardBuilder
-from modalmae.shards.types import Sample, Skip
+from modalmae.shards.types import Sample, Skip, validate_option
 
 NAME = "audio"
 # The one list of what counts as audio input: files libsndfile should read (kept as they are)
@@ -57,6 +73,7 @@ class Options:
 
     transcode: bool = arg(False, "store every sample as mono 16-bit FLAC at --sample-rate instead of the original bytes (smaller shards, no resampling while training)")
     sample_rate: int = arg(16000, "sample rate of audio --transcode and of video --extract-audio (Audio-MAE: 16000)", type=positive_int, metavar="HZ")
+    validate: str = validate_option()
 
 
 class Unusable(ValueError):
@@ -115,12 +132,28 @@ def sndfile_blocks(data: bytes, fmt: str | None) -> Iterator[tuple[np.ndarray, i
         raise Unusable(f"truncated: the header says {declared} frames, decoding stopped after {decoded}{error}")
 
 
+def pin_codec(context) -> None:
+    """One thread and ``bitexact`` for an FFmpeg codec whose output is (re-)encoded: its bytes
+    then do not follow the machine's cores, and FFmpeg leaves out the fast paths it takes only
+    when exactness is not asked for. The builder runs a process per core, so a thread each is
+    what the machine has anyway."""
+    context.thread_count = 1
+    context.flags |= CodecFlags.bitexact
+
+
+def ffmpeg_versions(*libraries: str) -> dict[str, str]:
+    """PyAV's version and those of the FFmpeg ``libraries`` it bundles, as "major.minor.micro"."""
+    found = av.library_versions
+    return {"pyav": av.__version__, **{name: ".".join(map(str, found[name])) for name in libraries if name in found}}
+
+
 def av_blocks(data: bytes) -> Iterator[tuple[np.ndarray, int]]:
     """Every sample of the first audio stream of anything FFmpeg opens, as ([n, C] float32, rate)."""
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
             raise Unusable("no audio stream")
+        pin_codec(stream.codec_context)
         # Planar float at the stream's own rate and layout, whatever the codec's sample format.
         to_float = av.AudioResampler(format="fltp")
         for frame in container.decode(stream):
@@ -128,6 +161,32 @@ def av_blocks(data: bytes) -> Iterator[tuple[np.ndarray, int]]:
                 yield out.to_ndarray().T, out.sample_rate  # [n, C]
         for out in to_float.resample(None):
             yield out.to_ndarray().T, out.sample_rate
+
+
+def flac_vendor(flac: bytes) -> str | None:
+    """The vendor string of a FLAC file's VORBIS_COMMENT block ("reference libFLAC 1.4.3
+    20230623"): the encoder that wrote it, in the file itself."""
+    if flac[:4] != b"fLaC":
+        return None
+    pos = 4  # metadata blocks follow, each after a 1-byte last-flag/type and a 3-byte length
+    while pos + 4 <= len(flac):
+        last, kind, size = flac[pos] & 0x80, flac[pos] & 0x7F, int.from_bytes(flac[pos + 1 : pos + 4], "big")
+        if kind == 4 and pos + 8 <= len(flac):
+            length = int.from_bytes(flac[pos + 4 : pos + 8], "little")
+            return flac[pos + 8 : pos + 8 + length].decode("utf-8", "replace")
+        if last:
+            break
+        pos += 4 + size
+    return None
+
+
+def flac_encoder(flac: bytes) -> dict[str, str | None]:
+    """What the json says about the libraries that made a FLAC entry from decoded samples
+    (FFmpeg's decoders and resampler, libsndfile, libFLAC): other versions may write other bytes."""
+    return {
+        "name": "libFLAC", "version": flac_vendor(flac), "libsndfile": sf.__libsndfile_version__,
+        **ffmpeg_versions("libavcodec", "libavformat", "libswresample"),
+    }
 
 
 def finite_blocks(blocks: Iterator[tuple[np.ndarray, int]]) -> Iterator[tuple[np.ndarray, int]]:
@@ -202,11 +261,39 @@ def mono_resampled(blocks: Iterator[tuple[np.ndarray, int]], target: int) -> Ite
         yield out.to_ndarray().reshape(-1, 1), target
 
 
+def header_meta(data: bytes, suffix: str) -> dict | None:
+    """``--validate header``: (format, rate, channels, frames) of a file to be stored as its
+    original bytes, from libsndfile's reading of the header, with the checks the header alone
+    allows; None when the file needs decoding anyway (stored as FLAC, or a length unknown)."""
+    if suffix not in SNDFILE_EXTENSIONS:
+        return None  # its audio track becomes FLAC: decoded in full
+    try:
+        info = sf.info(io.BytesIO(data))
+    except sf.LibsndfileError:
+        return None  # the full path gives the reason, or reads it with FFmpeg as FLAC
+    fmt = stored_format(info)
+    if fmt is None or info.frames >= UNKNOWN_LENGTH:
+        return None
+    if missing := wav_data_shortfall(data):
+        raise Unusable(f"truncated: the WAV header promises {missing} more bytes of audio than the file holds")
+    if info.frames == 0 or info.samplerate < 1 or info.channels < 1:
+        raise Unusable("no audio samples")
+    return {"format": fmt, "sample_rate": int(info.samplerate), "channels": int(info.channels), "frames": int(info.frames)}
+
+
 def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
     """One source file -> a ``Sample`` ({format: bytes} and its json fields) or a ``Skip``."""
     data = path.read_bytes()
     if not data:
         return Skip(relpath, "empty file")
+    if options.validate == "header" and not options.transcode:
+        try:
+            found = header_meta(data, path.suffix.lower())
+        except Unusable as e:
+            return Skip(relpath, str(e))
+        if found is not None:
+            meta = {"source": relpath, **found, "duration": round(found["frames"] / found["sample_rate"], 6)}
+            return Sample(files={found["format"]: data}, meta=meta)
     try:
         blocks, fmt = open_blocks(data, path.suffix.lower())
         blocks = finite_blocks(blocks)  # on the decoded samples, before resampling smears one NaN over many
@@ -231,6 +318,8 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         "source": relpath, "format": fmt or "flac", "sample_rate": int(rate), "channels": int(channels),
         "frames": int(frames), "duration": round(frames / rate, 6),
     }
+    if not fmt:
+        meta["encoder"] = flac_encoder(files["flac"])
     return Sample(files=files, meta=meta)
 
 

@@ -10,20 +10,27 @@ formats (Pillow identifies none without width or height), unreadable or truncate
 declaring more than ``max_pixels`` pixels (refused before any pixel is decoded: a 100-byte PNG
 can declare 10^10), and float images holding NaN or inf. A multi-frame file (GIF, TIFF, WebP)
 stands for its first frame, the one the loader decodes.
+
+With ``validate="header"`` (``--validate header``) only the header is read: the same format,
+size, mode and frame count, the same limit on pixels, the same stored bytes; pixels that do not
+decode (a truncated file) and NaN or inf in float images are then the loader's to find.
 """
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from modalmae.flags import arg, positive_int
-from modalmae.formats.image import PIL_FORMATS, ImageTooLarge, UnidentifiedImageError, open_image
+from modalmae.formats.image import OPENERS, PIL_FORMATS, ImageTooLarge, UnidentifiedImageError, open_image
 from modalmae.formats.schema import MAX_IMAGE_PIXELS
 from modalmae.shards.build import ShardBuilder
-from modalmae.shards.types import Sample, Skip
+from modalmae.shards.types import Sample, Skip, validate_option
 
 NAME = "image"
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
@@ -39,17 +46,35 @@ class Options:
         f"{MAX_IMAGE_PIXELS} by itself unless PIL.Image.MAX_IMAGE_PIXELS is raised",
         type=positive_int, metavar="N",
     )
+    validate: str = validate_option()
 
 
 class Unusable(ValueError):
     """The file holds no usable image; the message is the skip reason."""
 
 
-def inspect_image(data: bytes, *, max_pixels: int) -> dict:
-    """Decode ``data`` in full -> {"format", "width", "height", "mode", "n_frames"}; raises
-    ``Unusable`` with the reason when it cannot be used."""
+def open_header(data: bytes, *, max_pixels: int) -> Image.Image:
+    """``open_image`` without its ``load``: Pillow has read the header (format, size, mode), no
+    pixel; the same openers and the same limit, checked the same way."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, not Pillow's warning
+        try:
+            image = Image.open(io.BytesIO(data), formats=OPENERS)
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(f"too large: {e}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLarge(f"too large: {width} x {height} = {width * height} pixels, more than max_pixels {max_pixels}")
+    return image
+
+
+def inspect_image(data: bytes, *, max_pixels: int, depth: str = "full") -> dict:
+    """``data``'s {"format", "width", "height", "mode", "n_frames"}, decoded in full to check it
+    when ``depth`` is "full", from its header alone when "header"; raises ``Unusable`` with the
+    reason when it cannot be used."""
     try:
-        image = open_image(data, max_pixels=max_pixels)
+        image = (open_image if depth == "full" else open_header)(data, max_pixels=max_pixels)
     except UnidentifiedImageError:
         raise Unusable(f"not an image Pillow reads as {', '.join(sorted(set(PIL_FORMATS.values())))}") from None
     except ImageTooLarge as e:
@@ -57,11 +82,11 @@ def inspect_image(data: bytes, *, max_pixels: int) -> dict:
     except Exception as e:  # noqa: BLE001 - any decoder failure means the file is broken
         raise Unusable(f"truncated or corrupt ({type(e).__name__}: {e})") from None
     with image:
-        if image.mode == "F" and (bad := int((~np.isfinite(np.asarray(image))).sum())):  # float TIFFs
+        if depth == "full" and image.mode == "F" and (bad := int((~np.isfinite(np.asarray(image))).sum())):  # float TIFFs
             raise Unusable(f"{bad} pixel(s) are NaN or inf")
         return {
             "format": PIL_FORMATS[image.format], "width": image.width, "height": image.height, "mode": image.mode,
-            "n_frames": getattr(image, "n_frames", 1),
+            "n_frames": getattr(image, "n_frames", 1),  # GIF, TIFF and WebP walk their frame headers: no pixel decoded
         }
 
 
@@ -70,7 +95,7 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
     if not data:
         return Skip(relpath, "empty file")
     try:
-        info = inspect_image(data, max_pixels=options.max_pixels)
+        info = inspect_image(data, max_pixels=options.max_pixels, depth=options.validate)
     except Unusable as e:
         return Skip(relpath, str(e))
     if info["n_frames"] == 1:

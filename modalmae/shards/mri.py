@@ -20,6 +20,12 @@ them needs a registration this tool does not guess. The bytes are stored as they
 ``<sequence>.nii.gz``; our writer does not re-compress), the json records each sequence's shape,
 voxel spacing and orientation.
 
+With ``validate="header"`` (``--validate header``) only each NIfTI header is read (a ``.nii.gz``
+is inflated no further than its header and extensions): the same limits, the same json and
+grid checks (all from the header), and a plain ``.nii`` shorter than its header declares is
+still refused; what is not checked is the voxels themselves (NaN or inf, a gzip stream
+corrupt or cut short past the header), which the loader then meets.
+
 DICOM (``pip install 'modalmae[dicom]'``): a folder of ``.dcm`` slices is one series, laid out
 ``<subject>/<sequence>/*.dcm``. Its slices are ordered along the slice normal, scaled by
 RescaleSlope / RescaleIntercept and stored as a gzipped NIfTI (``<sequence>.nii.gz``) with the
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 import re
 from collections import Counter
@@ -41,10 +48,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from modalmae.flags import arg, positive_int
-from modalmae.formats.nifti import MAX_BYTES, MAX_VOXELS, VolumeTooLarge, float32_voxels, load_nifti
+from modalmae.formats.nifti import (
+    GZIP_MAGIC, MAX_BYTES, MAX_VOXELS, NIFTI2_HEADER_BYTES, VolumeTooLarge, _image_class, float32_voxels, inflate, load_nifti,
+)
 from modalmae.formats.schema import MEMBER_NAME
 from modalmae.shards.build import ShardBuilder, suffix_of
-from modalmae.shards.types import Sample, Skip
+from modalmae.shards.types import Sample, Skip, validate_option
 
 NAME = "mri"
 EXTENSIONS = frozenset({".nii", ".nii.gz"})  # for messages: find_jobs groups the files
@@ -60,6 +69,7 @@ class Options:
     grid_tolerance: float = arg(1e-3, "mm: largest affine difference between a subject's sequences", flag=False)
     max_voxels: int = arg(MAX_VOXELS, "leave out volumes whose header declares more voxels (a 4-D file: all its volumes), before reading them (2^27 = 512^3)", type=positive_int, metavar="N")
     max_nifti_bytes: int = arg(MAX_BYTES, "leave out NIfTI files whose header declares more bytes once decompressed (header, extensions, voxels), before inflating them", type=positive_int, metavar="BYTES")
+    validate: str = validate_option()
 
 
 @dataclass
@@ -184,26 +194,69 @@ def dicom_series_to_nifti(folder: Path, *, max_voxels: int = MAX_VOXELS) -> byte
     return gzip.compress(nib.Nifti1Image(volume, affine).to_bytes(), mtime=0)
 
 
-def describe(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES) -> tuple[dict, np.ndarray, tuple[int, ...]]:
-    """(json record, RAS affine, RAS 3-D shape) of one volume, decoded in full to check it."""
+def header_image(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
+    """A nibabel image of the bytes of a .nii or .nii.gz whose voxels are never read: the checks
+    ``load_nifti`` makes before it reads any (a bad header, the declared voxels and bytes, a plain
+    file shorter than it declares), without inflating a gzipped file past its header and
+    extensions. Its header, shape and affine are what ``load_nifti`` gives; its data is not there."""
+    from nibabel.spatialimages import HeaderDataError
+
+    if data[:2] != GZIP_MAGIC:
+        return load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)  # nibabel reads plain voxels lazily
+    head = inflate(data, NIFTI2_HEADER_BYTES)
+    klass = _image_class(head)
+    if len(head) < klass.header_class.sizeof_hdr:
+        raise ValueError(f"{len(head)} bytes: too short for a NIfTI header")
+    try:
+        header = klass.header_class(binaryblock=head[: klass.header_class.sizeof_hdr], check=False)
+        shape, itemsize, offset = header.get_data_shape(), header.get_data_dtype().itemsize, header.get_data_offset()
+    except (HeaderDataError, KeyError, ValueError) as e:  # KeyError: an unknown datatype code
+        raise ValueError(f"bad NIfTI header ({type(e).__name__}: {e})") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"bad NIfTI header: negative dimensions {list(shape)}")
+    voxels = math.prod(shape)
+    if voxels > max_voxels:
+        raise VolumeTooLarge(f"too large: {' x '.join(map(str, shape))} = {voxels} voxels, more than max_voxels {max_voxels}")
+    if offset + voxels * itemsize > max_bytes:
+        raise VolumeTooLarge(f"too large: the header declares {offset + voxels * itemsize} bytes (header, extensions, voxels), more than max_bytes {max_bytes}")
+    # The header and its extensions (at least the 4 bytes saying whether any follow, as nibabel
+    # reads them even when vox_offset is unset); the voxels' proxy is never read.
+    return klass.from_bytes(inflate(data, max(offset, klass.header_class.sizeof_hdr + 4)))
+
+
+def ras_grid(img) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(affine, 3-D shape) of ``nib.as_closest_canonical(img)``, from the header alone (that
+    function reorders the voxels to get them)."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    orientation = io_orientation(img.affine)
+    shape = apply_orientation(np.broadcast_to(np.uint8(0), img.shape[:3]), orientation).shape  # a view: no voxels
+    return img.affine @ inv_ornt_aff(orientation, img.shape), tuple(int(n) for n in shape)
+
+
+def describe(data: bytes, *, depth: str = "full", max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES) -> tuple[dict, np.ndarray, tuple[int, ...]]:
+    """(json record, RAS affine, RAS 3-D shape) of one volume, decoded in full to check it when
+    ``depth`` is "full", from its header alone when "header": the same three either way."""
     import nibabel as nib
 
     try:
-        img = load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)
+        load = load_nifti if depth == "full" else header_image
+        img = load(data, max_voxels=max_voxels, max_bytes=max_bytes)
     except VolumeTooLarge as e:
         raise VolumeTooLarge(str(e).replace("max_voxels", "--max-voxels").replace("max_bytes", "--max-nifti-bytes")) from None
     if img.ndim not in (3, 4):
         raise ValueError(f"{img.ndim}-D image: expected a 3-D volume or a 4-D series of volumes")
-    float32_voxels(img)  # decoded in full, as the loader will, to prove every voxel finite
-    canonical = nib.as_closest_canonical(img)
+    if depth == "full":
+        float32_voxels(img)  # decoded in full, as the loader will, to prove every voxel finite
+    affine, shape = ras_grid(img)
     record = {
         "shape": [int(n) for n in img.shape],
         "spacing": [round(float(z), 6) for z in img.header.get_zooms()[:3]],
         "orientation": "".join(nib.aff2axcodes(img.affine)),
         "dtype": str(img.get_data_dtype()),
-        "compressed": data[:2] == b"\x1f\x8b",
+        "compressed": data[:2] == GZIP_MAGIC,
     }
-    return record, canonical.affine, tuple(int(n) for n in canonical.shape[:3])
+    return record, affine, shape
 
 
 def field_of_view(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -241,7 +294,8 @@ def prepare(subject: Subject, relpath: str, options: Options) -> Sample | Skip:
         try:
             path = subject.files[sequence]
             data = dicom_series_to_nifti(path, max_voxels=options.max_voxels) if path.is_dir() else path.read_bytes()
-            record, affine, shape = describe(data, max_voxels=options.max_voxels, max_bytes=options.max_nifti_bytes)
+            depth = "full" if path.is_dir() else options.validate  # a DICOM series was just decoded to be converted
+            record, affine, shape = describe(data, depth=depth, max_voxels=options.max_voxels, max_bytes=options.max_nifti_bytes)
             if path.is_dir():
                 record["converted_from"] = "dicom"
         except Exception as e:  # noqa: BLE001 - one bad volume leaves its sequence out, not the subject

@@ -14,6 +14,11 @@ float32 counts); more than ``max_points`` points or ``MAX_COLUMNS`` columns, ref
 header, before the data is read, where the format declares them (.npy / .npz array headers,
 PLY element counts, PCD ``POINTS``): a small file may declare billions of points, and an .npz
 member or an ASCII PLY is allocated at its declared size.
+
+``validate`` (``--validate``, shared with the other modalities) changes nothing here: what is
+stored is a float32 array made from every value of the file (and its bounds), so every file is
+read in full whatever it says; the checks on the values (NaN or inf, all points equal) cost
+under 1% of that reading on the real scans in tests/data.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from modalmae.flags import arg, positive_int
 from modalmae.formats.arrays import Refused, check_cloud_size, check_point_header
 from modalmae.formats.schema import MAX_POINTS
 from modalmae.shards.build import ShardBuilder
-from modalmae.shards.types import Sample, Skip
+from modalmae.shards.types import Sample, Skip, validate_option
 
 NAME = "points"
 POINT_EXTENSIONS = frozenset({".npy", ".npz", ".xyz", ".pts", ".txt", ".pcd", ".ply"})
@@ -47,6 +52,7 @@ class Options:
     mesh_points: int = arg(8192, "meshes (.off .obj .stl, .ply with faces) become N points sampled on their surface, by area", type=positive_int, metavar="N")
     min_points: int = arg(32, "skip clouds with fewer points (32: one Point-MAE group)", type=positive_int, metavar="N")
     max_points: int = arg(MAX_POINTS, "skip clouds with more points and meshes with more vertices or faces; refused from the header, before reading, where the format declares a count (.npy .npz .ply .pcd)", type=positive_int, metavar="N")
+    validate: str = validate_option()  # no effect: the stored array is converted from every value (module docstring)
 
 
 class Unusable(ValueError):

@@ -1,7 +1,14 @@
 """The video modality of the shard builder: probe, validate, optionally transcode, extract audio.
 
 Every file is opened with PyAV and decoded in full once, which both proves it and counts its
-frames (headers can be wrong). A file that stops decoding part-way is, by ``Options.partial``:
+frames (headers can be wrong). With ``validate="header"`` (``--validate header``, for corpora
+known to be good) the video stream is only demuxed, not decoded: its packets with data are
+counted (one per frame: the count decoding gives on all 11 real clips tried, H.264, MPEG-4
+Part 2, MPEG-1 and VP8; packets that show no picture, as VP8's hidden alt-ref frames may be
+stored, would count high, which the loader absorbs by repeating the last frame) and a
+container cut short still shows, but a picture that does not decode is left for the loader
+to find. A file that stops decoding part-way (or, with ``header``, demuxing) is, by
+``Options.partial``:
 
 - ``keep`` (default): stored as it is, with ``frames`` set to the frames that decode, so
   clip sampling never reaches the broken tail; the json says ``"partial": true``;
@@ -9,7 +16,15 @@ frames (headers can be wrong). A file that stops decoding part-way is, by ``Opti
 
 Transcoding is opt-in (``short_side`` and/or ``keyframe_interval``): H.264 in MP4, the short side
 scaled to ``short_side`` (VideoMAE uses 320 for Kinetics), a keyframe every
-``keyframe_interval`` frames (short intervals make the loader's seeks cheap). ``extract_audio``
+``keyframe_interval`` frames (short intervals make the loader's seeks cheap). Re-encoding decodes
+every frame, so it is checked in full whatever ``validate`` says. Its bytes depend only on the
+input and the library versions, not on the process, the machine's cores or thread scheduling:
+decoder, scaler and x264 run on one thread each (the builder runs a process per core), with
+FFmpeg's ``bitexact`` flags, x264 without macroblock-tree ratecontrol (see ``transcode``), and
+the MP4 carries no FFmpeg version string. Checked on x86-64: FFmpeg's decoding and scaling give
+the same pixels with its SIMD off or at any level, x264 the same bytes from SSSE3 to AVX-512
+(its C and SSE2-only paths differ); other architectures are unchecked. Another x264, FFmpeg or
+PyAV may encode differently, so the json's ``encoder`` names them. ``extract_audio``
 adds the first audio track as a 16 kHz mono FLAC entry of the same sample, so audio-visual
 training needs no re-sharding (a track with a NaN or inf sample is left out, with a warning);
 ``audio.offset`` in the json is where the FLAC's sample 0 sits in video time (seconds from the
@@ -29,12 +44,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from modalmae.flags import arg, positive_int
 from modalmae.formats.schema import MAX_FRAME_PIXELS, MAX_FRAMES
-from modalmae.shards.audio import FlacSink, Unusable, av_blocks, finite_blocks, mono_resampled
+from modalmae.shards.audio import FlacSink, Unusable, av_blocks, ffmpeg_versions, finite_blocks, flac_encoder, mono_resampled, pin_codec
 from modalmae.shards.build import ShardBuilder
-from modalmae.shards.types import Sample, Skip
+from modalmae.shards.types import Sample, Skip, validate_option
 
 NAME = "video"
 # The names users give the containers FFmpeg reads (what a file holds is decided by probing it).
@@ -46,6 +62,10 @@ EXTENSIONS = frozenset({
 # The ISO family and Matroska keep the suffix's name where it says more (mov, 3gp, webm).
 CONTAINERS = {"avi": "avi", "mpeg": "mpg", "mpegvideo": "mpg", "mpegts": "ts", "ogg": "ogv", "flv": "flv", "asf": "wmv", "mxf": "mxf", "nut": "nut"}
 ISO_SUFFIXES = {".mov": "mov", ".qt": "mov", ".3gp": "3gp", ".3g2": "3gp"}
+# Scaling for re-encoding: swscale's default bilinear, with the flags that make its output the
+# same on every CPU (its fast SIMD paths round differently), on one thread.
+SCALING = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
+X264_PARAMS = "mbtree=0"  # see transcode
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,7 @@ class Options:
     sample_rate: int = arg(16000, "sample rate of audio --transcode and of video --extract-audio (Audio-MAE: 16000)", type=positive_int, metavar="HZ")
     max_frame_pixels: int = arg(MAX_FRAME_PIXELS, "skip videos whose frames have more pixels (width x height; 3840 x 2160 = 4K), refused from the stream header before decoding", type=positive_int, metavar="N")
     max_frames: int = arg(MAX_FRAMES, "skip videos of more frames (108000: an hour at 30 fps), refused from the header's count before decoding or once more decode", type=positive_int, metavar="N")
+    validate: str = validate_option()
 
     @property
     def transcode(self) -> bool:
@@ -88,9 +109,10 @@ def check_frame_size(width: int, height: int, max_pixels: int, what: str = "fram
         raise Unusable(f"too large: {what} of {width} x {height} = {width * height} pixels, more than --max-frame-pixels {max_pixels}")
 
 
-def probe(data: bytes, *, max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = MAX_FRAMES) -> dict:
-    """Header facts and the count of frames that actually decode (and the error that stopped it);
-    ``Unusable`` above the limits, from the header before decoding where it tells."""
+def probe(data: bytes, *, depth: str = "full", max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = MAX_FRAMES) -> dict:
+    """Header facts and the count of frames (and the error that stopped the count); ``Unusable``
+    above the limits, from the header before decoding where it tells. ``depth="full"`` counts the
+    frames that decode, ``"header"`` the video packets the container holds, decoding none."""
     with av.open(io.BytesIO(data)) as container:
         if not container.streams.video:
             raise Unusable("no video stream" + (" (audio only)" if container.streams.audio else ""))
@@ -109,22 +131,40 @@ def probe(data: bytes, *, max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = 
         }
         decoded, error = 0, None
         try:
-            for frame in container.decode(stream):
-                check_frame_size(frame.width, frame.height, max_pixels, what=f"frame {decoded}")
-                decoded += 1
-                if decoded > max_frames:
-                    raise Unusable(f"too long: more than --max-frames {max_frames} frames decode")
+            if depth == "full":
+                for frame in container.decode(stream):
+                    check_frame_size(frame.width, frame.height, max_pixels, what=f"frame {decoded}")
+                    decoded += 1
+                    if decoded > max_frames:
+                        raise Unusable(f"too long: more than --max-frames {max_frames} frames decode")
+            else:
+                for packet in container.demux(stream):
+                    decoded += packet.size > 0  # the flush packet, and AVI's dropped-frame markers, hold no frame
+                    if decoded > max_frames:
+                        raise Unusable(f"too long: the stream holds more than --max-frames {max_frames} frames")
         except av.FFmpegError as e:
             error = _message(e)
     info.update(decoded_frames=decoded, error=error)
     return info
 
 
+def x264_core(encoded: bytes) -> str | None:
+    """x264's build ("core 165") from the SEI it writes into the stream it encodes."""
+    start = encoded.find(b"x264 - core ")
+    return encoded[start + 7 : encoded.find(b" ", start + 12)].decode("ascii", "replace") if start >= 0 else None
+
+
 def transcode(data: bytes, *, short_side: int | None, keyframe_interval: int | None, crf: int, max_frames: int) -> tuple[bytes, int, int, int]:
-    """Re-encode as H.264 MP4 -> (bytes, frames, width, height); stops at ``max_frames``."""
+    """Re-encode as H.264 MP4 -> (bytes, frames, width, height); stops at ``max_frames``.
+
+    The same input gives the same bytes in any process on any number of cores (see the module
+    docstring). Left to itself, x264 takes a thread per core and slices each frame among them,
+    so the bytes followed the machine's cores and, through its threaded lookahead, the run."""
     out_buffer = io.BytesIO()
-    with av.open(io.BytesIO(data)) as source, av.open(out_buffer, "w", format="mp4") as sink:
+    # fflags=bitexact: no "Lavf<version>" encoder tag in the MP4 (x264's own SEI names x264).
+    with av.open(io.BytesIO(data)) as source, av.open(out_buffer, "w", format="mp4", options={"fflags": "+bitexact"}) as sink:
         stream = source.streams.video[0]
+        pin_codec(stream.codec_context)
         rate = Fraction(stream.average_rate or stream.guessed_rate or 25).limit_denominator(100000)
         width, height = stream.codec_context.width, stream.codec_context.height
         if short_side:
@@ -133,16 +173,22 @@ def transcode(data: bytes, *, short_side: int | None, keyframe_interval: int | N
         width, height = width + width % 2, height + height % 2  # yuv420p needs even sides
         encoder = sink.add_stream("libx264", rate=rate)
         encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-        encoder.options = {"crf": str(crf), "preset": "veryfast"}
+        pin_codec(encoder.codec_context)  # one x264 thread: no slices per core, no threaded lookahead
+        # mbtree=0: x264's macroblock-tree ratecontrol reads uninitialised stack memory (valgrind,
+        # x264 core 165 in PyAV 18.1's wheels, with or without its asm), so even on one thread its
+        # bytes changed with what the process had run before. Without it the same crf spends bits
+        # differently: on 7 real clips at 320 px, 0.76x to 1.93x the bytes (-1.6 to +1.9 dB Y-PSNR),
+        # 0.94x in all.
+        encoder.options = {"crf": str(crf), "preset": "veryfast", "x264-params": X264_PARAMS}
         if keyframe_interval:
             encoder.codec_context.gop_size = keyframe_interval
             encoder.options = {**encoder.options, "keyint_min": str(keyframe_interval), "sc_threshold": "0"}
-        written = 0
+        written, scaler = 0, VideoReformatter()  # one scaler for all frames: its context is reused
         try:
             for frame in source.decode(stream):
                 if written >= max_frames:
                     break
-                frame = frame.reformat(width=width, height=height, format="yuv420p")
+                frame = scaler.reformat(frame, width=width, height=height, format="yuv420p", interpolation=SCALING, threads=1)
                 frame.pts, frame.time_base = written, 1 / rate
                 sink.mux(encoder.encode(frame))
                 written += 1
@@ -183,17 +229,20 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
     data = path.read_bytes()
     if not data:
         return Skip(relpath, "empty file")
+    # Re-encoding decodes every frame anyway: the probe then proves them first, as in full.
+    depth = "full" if options.transcode else options.validate
     try:
-        info = probe(data, max_pixels=options.max_frame_pixels, max_frames=options.max_frames)
+        info = probe(data, depth=depth, max_pixels=options.max_frame_pixels, max_frames=options.max_frames)
     except Unusable as e:
         return Skip(relpath, str(e))
     except av.FFmpegError as e:
         return Skip(relpath, f"not decodable video (PyAV: {_message(e)})")
     decoded, declared = info["decoded_frames"], info["declared_frames"]
+    full = depth == "full"
     if decoded == 0:
-        return Skip(relpath, f"not decodable video: no frame decodes ({info['error'] or 'empty stream'})")
+        return Skip(relpath, f"not decodable video: no frame {'decodes' if full else 'in the stream'} ({info['error'] or 'empty stream'})")
     partial = info["error"] is not None or (declared and decoded < declared - 1)
-    why = f"decodes only {decoded} of {declared or '?'} frames" + (f" ({info['error']})" if info["error"] else "")
+    why = f"{'decodes' if full else 'holds'} only {decoded} of {declared or '?'} frames" + (f" ({info['error']})" if info["error"] else "")
     if partial and options.partial == "skip":
         return Skip(relpath, f"partial: {why}")
 
@@ -201,19 +250,22 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
         fmt = entry_name(info["container"], path.suffix.lower())
     except Unusable as e:
         return Skip(relpath, str(e))
-    width, height, stored = info["width"], info["height"], data
+    width, height, stored, encoder = info["width"], info["height"], data, None
     if options.transcode:
         stored, decoded, width, height = transcode(
             data, short_side=options.short_side, keyframe_interval=options.keyframe_interval,
             crf=options.crf, max_frames=decoded,
         )
         fmt = "mp4"
+        encoder = {"name": "libx264", "version": x264_core(stored), **ffmpeg_versions("libavcodec", "libavformat", "libswscale")}
     fps = info["fps"]
     meta = {
         "source": relpath, "format": fmt, "frames": decoded, "fps": fps, "width": width, "height": height,
         "duration": round(decoded / fps, 6) if fps else None, "codec": "h264" if options.transcode else info["codec"],
         "source_codec": info["codec"], "has_audio": info["has_audio"], "transcoded": options.transcode,
     }
+    if encoder is not None:
+        meta["encoder"] = encoder
     warnings = []
     if partial:
         meta.update(partial=True, partial_reason=why)
@@ -231,7 +283,7 @@ def prepare(path: Path, relpath: str, options: Options) -> Sample | Skip:
             warnings.append(f"audio track left out: not decodable (PyAV: {_message(e)})")
         if audio is not None:
             files["flac"] = audio
-            meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1, "offset": offset}
+            meta["audio"] = {"format": "flac", "sample_rate": options.sample_rate, "channels": 1, "offset": offset, "encoder": flac_encoder(audio)}
     return Sample(files=files, meta=meta, warning="; ".join(warnings) or None)
 
 
