@@ -1,16 +1,23 @@
 """Point-cloud grouping and Chamfer throughput. Prints figures; asserts nothing.
 
-    .venv/bin/python benchmarks/points_throughput.py [--clouds 32] [--rounds 3]
+    .venv/bin/python benchmarks/points_throughput.py [--clouds 16] [--rounds 5] [--sizes 1024:64,8192:512]
 
-1. Grouping 8192-point clouds into 64 x 32 and 512 x 32 (FPS centres + kNN), with the torch
-   code (batched over clouds, one step per centre) and with the CPU fast paths (fpsample's
-   C++ FPS + scipy cKDTree), counting the clouds where both give the same groups (they differ
-   only where two FPS candidates are equally far to float rounding).
+1. Grouping (FPS centres + their 32 nearest points) with the torch code and with the CPU fast
+   path (fpsample's exact FPS + numpy / cKDTree kNN), in two forms: the loader's (one cloud per
+   call, one torch thread, as in a DataLoader worker) and batched (all clouds in one call,
+   ``--threads`` torch threads: 1 by default, since the fast path uses one core, and on this
+   shared 2-core machine two make torch slower, not faster). The machine's speed drifts, so
+   the variants take turns within each round (the order flipped every other round) and the
+   figure is the median of the per-round ratios, with their range. The loader form also
+   times FPS and kNN apart: FPS is what bounds the ratio. Every cloud's group indices are
+   compared (centres in order, members in order): the fast path gives identical ones, ties
+   and duplicates included, and the count says so or not.
 2. Chamfer-L2 over a batch of 64 clouds' masked groups (64 x 38 groups of 32 points), its
    throughput and the peak memory it adds (Linux VmHWM after resetting it), chunked (the
    default) and unchunked, each in a fresh process.
-Clouds are real scans (tests/data/points/kitten.xyz, resampled to 8192 points) when present,
-else Gaussian blobs. Median of --rounds; this machine's speed drifts.
+Clouds are real scans (tests/data/points: kitten.xyz, 5,210 points, and bunny_zipper.ply,
+1,889), taken the loader's way: N of their points (with replacement when the scan has fewer,
+so duplicates occur), put in the unit sphere, scaled and shifted.
 """
 
 from __future__ import annotations
@@ -19,57 +26,122 @@ import argparse
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from modalmae.model.loss import chamfer
-from modalmae.tokenizers.points import group_points
+from modalmae.data.points import normalize, scale_and_translate
+from modalmae.tokenizers.points import (
+    chamfer,
+    fps_fast,
+    fps_torch,
+    group_indices,
+    group_points,
+    knn_fast,
+    knn_torch,
+)
 
 REPO = Path(__file__).resolve().parent.parent
+SCANS = REPO / "tests" / "data" / "points"
 
 
-def clouds(count: int, points: int = 8192) -> torch.Tensor:
+def scans() -> list[np.ndarray]:
+    out = [np.loadtxt(SCANS / "kitten.xyz", dtype=np.float32)[:, :3]]
+    try:
+        import plyfile
+
+        vertex = plyfile.PlyData.read(str(SCANS / "bunny_zipper.ply"))["vertex"]
+        out.append(np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float32))
+    except ImportError:  # plyfile comes with the point-cloud builder; the kitten alone will do
+        pass
+    return out
+
+
+def clouds(count: int, points: int) -> torch.Tensor:
+    """[count, points, 3] float32, alternating between the scans, as the loader prepares them."""
     rng = np.random.default_rng(0)
-    scan = REPO / "tests" / "data" / "points" / "kitten.xyz"
-    base = np.loadtxt(scan, dtype=np.float32)[:, :3] if scan.exists() else rng.normal(size=(points, 3)).astype(np.float32)
-    out = []
-    for _ in range(count):
+    bases, out = scans(), []
+    for i in range(count):
+        base = bases[i % len(bases)]
         pick = base[rng.choice(len(base), points, replace=len(base) < points)]
-        out.append(pick + rng.normal(scale=1e-3, size=pick.shape).astype(np.float32))  # no duplicate points
+        out.append(scale_and_translate(normalize(pick), rng).astype(np.float32))
     return torch.from_numpy(np.stack(out))
 
 
-def median_time(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per round of each variant; within a round they run in turn, the order reversed
+    every other round, so a drift in the machine's speed reaches all of them alike."""
+    names, times = list(variants), {name: [] for name in variants}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-def grouping(count: int, rounds: int) -> None:
-    torch.set_num_threads(2)
-    pts = clouds(count)
-    print(f"grouping {count} clouds of 8192 points (clouds/s, median of {rounds})")
-    for groups in (64, 512):
-        slow = group_points(pts, num_groups=groups, group_size=32)
-        fast = group_points(pts, num_groups=groups, group_size=32, fast=True)
-        # Per cloud: FPS picks agree unless two candidates are equally far to float rounding,
-        # which the two implementations may break differently.
-        same_centres = sum(torch.equal(a, b) for a, b in zip(slow[:, :, 0], fast[:, :, 0]))
-        same_members = sum(
-            torch.allclose(a.sort(dim=1).values, b.sort(dim=1).values, atol=1e-6)
-            for a, b in zip(slow[:, :, 1:], fast[:, :, 1:])
-        )
-        t_slow = median_time(lambda g=groups: group_points(pts, num_groups=g, group_size=32), rounds)
-        t_fast = median_time(lambda g=groups: group_points(pts, num_groups=g, group_size=32, fast=True), rounds)
-        print(
-            f"  8192 -> {groups:3d} x 32: torch {count / t_slow:7.1f}   fast paths {count / t_fast:7.1f}   "
-            f"({t_slow / t_fast:.1f}x; identical groups in {min(same_centres, same_members)} of {count} clouds)"
-        )
+def ratio_text(slow: list[float], fast: list[float]) -> str:
+    ratios = [s / f for s, f in zip(slow, fast)]
+    return f"{statistics.median(ratios):5.1f}x ({min(ratios):.1f}-{max(ratios):.1f})"
+
+
+def identical(pts: torch.Tensor, groups: int) -> int:
+    """Clouds whose fast-path group indices equal the torch path's (centres and members, in order)."""
+    same = 0
+    for cloud in pts:
+        slow = group_indices(cloud, num_groups=groups, group_size=32)
+        fast = group_indices(cloud, num_groups=groups, group_size=32, fast=True)
+        same += torch.equal(slow, fast)
+    return same
+
+
+def loader_form(pts: torch.Tensor, groups: int, rounds: int) -> None:
+    torch.set_num_threads(1)
+    count, n = pts.shape[0], pts.shape[1]
+    arrays = [c.numpy() for c in pts]
+    t = alternate({
+        "torch": lambda: [group_points(c, num_groups=groups, group_size=32) for c in pts],
+        "fast": lambda: [group_points(c, num_groups=groups, group_size=32, fast=True) for c in pts],
+    }, rounds)
+    centres = [a[fps_fast(a, groups)] for a in arrays]
+    parts = alternate({
+        "fps torch": lambda: [fps_torch(c[None], groups) for c in pts],
+        "fps fast": lambda: [fps_fast(a, groups) for a in arrays],
+        "knn torch": lambda: [knn_torch(c[None], torch.from_numpy(z)[None], 32) for c, z in zip(pts, centres)],
+        "knn fast": lambda: [knn_fast(a, z, 32) for a, z in zip(arrays, centres)],
+    }, rounds)
+    per_s = {k: count / statistics.median(v) for k, v in t.items()}
+    print(
+        f"  {n:5d} -> {groups:3d} x 32, loader (1 cloud/call): torch {per_s['torch']:7.1f}/s  fast {per_s['fast']:7.1f}/s  "
+        f"{ratio_text(t['torch'], t['fast'])}   [FPS alone {ratio_text(parts['fps torch'], parts['fps fast'])}, "
+        f"kNN alone {ratio_text(parts['knn torch'], parts['knn fast'])}]"
+    )
+
+
+def batched_form(pts: torch.Tensor, groups: int, rounds: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    count, n = pts.shape[0], pts.shape[1]
+    t = alternate({
+        "torch": lambda: group_points(pts, num_groups=groups, group_size=32),
+        "fast": lambda: group_points(pts, num_groups=groups, group_size=32, fast=True),
+    }, rounds)
+    per_s = {k: count / statistics.median(v) for k, v in t.items()}
+    print(
+        f"  {n:5d} -> {groups:3d} x 32, batched ({count}/call, {threads} thr): torch {per_s['torch']:7.1f}/s  fast {per_s['fast']:7.1f}/s  "
+        f"{ratio_text(t['torch'], t['fast'])}"
+    )
+
+
+def grouping(count: int, rounds: int, sizes: list[tuple[int, int]], threads: int) -> None:
+    print(f"grouping {count} real clouds (clouds/s: median of {rounds} rounds; torch/fast: median ratio (range))")
+    for n, groups in sizes:
+        pts = clouds(count, n)
+        torch.set_num_threads(1)
+        print(f"  {n:5d} -> {groups:3d} x 32: identical group indices in {identical(pts, groups)} of {count} clouds")
+        loader_form(pts, groups, rounds)
+        batched_form(pts, groups, rounds, threads)
 
 
 def _status_kib(field: str) -> int:
@@ -110,11 +182,16 @@ def chamfer_figures() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clouds", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clouds", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default="1024:64,2048:64,8192:64,8192:512", help="points:centres pairs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the batched form")
+    parser.add_argument("--no-chamfer", action="store_true")
     args = parser.parse_args()
-    grouping(args.clouds, args.rounds)
-    chamfer_figures()
+    sizes = [(int(a), int(b)) for a, b in (s.split(":") for s in args.sizes.split(","))]
+    grouping(args.clouds, args.rounds, sizes, args.threads)
+    if not args.no_chamfer:
+        chamfer_figures()
 
 
 if __name__ == "__main__":

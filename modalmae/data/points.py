@@ -5,7 +5,8 @@ Each sample's ``.npy`` holds float32 [M, 3 + C] (xyz first; see schema.py). Trai
 point sampling; clouds with fewer points are sampled with replacement), centres them and
 scales them into the unit sphere, then applies Point-MAE's ``PointcloudScaleAndTranslate``
 (per-axis scale in [2/3, 3/2], shift in [-0.2, 0.2]). The groups the tokenizer needs are formed
-here, in the DataLoader worker, where the CPU fast paths (fpsample, cKDTree) apply.
+here, in the DataLoader worker, where the CPU fast path (fpsample, numpy / cKDTree: the ``[fast]``
+extra) applies; it gives the torch code's groups index for index, ties and duplicates included.
 
 A sample's ``.npy`` header is checked before its array is allocated (numpy allocates the
 declared shape first): at most ``max_points`` points, and no more data than the bytes hold. A
@@ -23,12 +24,12 @@ import torch
 
 from modalmae.formats.arrays import check_point_header
 from modalmae.formats.schema import MAX_POINTS
-from modalmae.tokenizers.points import fps_fast, fps_torch, group_points
+from modalmae.tokenizers.points import fast_modules, fps_fast, fps_torch, group_points
+
 
 def fast_paths_available() -> bool:
     try:
-        import fpsample  # noqa: F401
-        import scipy.spatial  # noqa: F401
+        fast_modules()
     except ImportError:
         return False
     return True
@@ -84,6 +85,8 @@ class PointDecoder:
             raise ValueError(f"{num_points} points cannot form {num_groups} groups of {group_size}")
         self.num_points, self.num_groups, self.group_size = num_points, num_groups, group_size
         self.sampling, self.augment, self.max_points = sampling, augment, max_points
+        if fast:
+            fast_modules()  # asked for explicitly: say what is missing now, not at the first sample
         self.fast = fast_paths_available() if fast is None else fast
 
     @classmethod

@@ -8,14 +8,26 @@ an MLP of the centre coordinates (3 -> 128 -> D) gives its position, which Point
 before *every* transformer block (``pos_every_block``). Targets are the groups' points, and the
 loss is the Chamfer distance between predicted and true groups (``chamfer``, L2 or L1).
 
-Grouping is not learned, so it can run in DataLoader workers (``group_points``) where the CPU
-fast paths apply: ``fpsample`` for FPS and scipy's cKDTree for kNN give the same groups as
-the torch code (tested), except where two FPS candidates are equally far to float rounding,
-which the two implementations may break differently. The tokenizer takes raw clouds [B, N, 3] or grouped ones packed as
-[B, G, 1 + k, 3] (centre first, then its k points relative to it).
+Grouping is defined exactly, ties included, so that every implementation picks the same point
+indices, not merely points at the same places:
+- distance: d(p, q) = (dx * dx + dy * dy) + dz * dz with dx = p.x - q.x, every operation rounded
+  to float32 (no fused multiply-add);
+- FPS: the first centre is point 0; each next one is the point whose distance to the nearest
+  centre so far is largest, the lowest index among equally far points (so once every point
+  is at distance 0, i.e. more centres than distinct points, the rest are point 0);
+- kNN: a centre's k members are the points with the k smallest (d, index), in that order:
+  nearest first, equally near points by index (the centre, or a lower copy of it, first).
+Grouping is not learned, so it can run in DataLoader workers (``group_points``), where the CPU
+fast path (``fast=True``, the ``[fast]`` extra: fpsample's C++ FPS, and brute force in numpy or
+scipy's cKDTree for kNN) gives groups identical to the torch code's, index for index (tested).
+The tokenizer takes raw clouds [B, N, 3] or grouped ones packed as [B, G, 1 + k, 3] (centre
+first, then its k points relative to it).
 """
 
 from __future__ import annotations
+
+import functools
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -24,9 +36,45 @@ from torch import Tensor, nn
 
 from modalmae.tokenizers.base import TokenizerBase, Tokens
 
+FAST_HINT = "pip install 'modalmae[fast]'"
+KNN_CHUNK = 1 << 17  # distances per kNN chunk on the CPU: small enough to stay in cache, large enough to amortize each op
+KNN_CHUNK_DEVICE = 1 << 24  # on an accelerator: fewer, larger launches; memory stays bounded (64 MB a tensor)
+BRUTE_MAX = 1 << 16  # fast kNN: brute force up to this many centre-point pairs, cKDTree above (measured crossover)
+TREE_MARGIN = 8  # fast kNN: extra cKDTree candidates, so that near-ties at the k-th neighbour are still seen
+_LOW32 = 0xFFFFFFFF
+
+
+def fast_modules() -> tuple[ModuleType, ModuleType]:
+    """(fpsample, scipy.spatial): the fast path's libraries, or an ImportError saying how to get
+    them, or that the installed fpsample breaks ties otherwise (``fast_paths_available`` is then
+    False, and the loader keeps to the torch path)."""
+    try:
+        import fpsample
+        import scipy.spatial
+    except ImportError as e:
+        raise ImportError(f"the fast grouping path needs fpsample and scipy ({e.name} is missing): {FAST_HINT}") from e
+    _check_ties(fpsample)
+    return fpsample, scipy.spatial
+
+
+@functools.cache
+def _check_ties(fpsample: ModuleType) -> None:
+    """Once per fpsample module: does its FPS pick what ``fps_torch`` picks on a shuffled integer
+    grid (every step a tie)? ``fps_fast`` relies on how its exact FPS breaks ties."""
+    grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+    grid = grid[np.random.default_rng(0).permutation(len(grid))]
+    if not np.array_equal(_fps_reversed(fpsample, grid, 12), fps_torch(torch.from_numpy(grid)[None], 12)[0].numpy()):
+        raise ImportError(
+            f"fpsample {getattr(fpsample, '__version__', '?')} breaks FPS ties unlike the torch path (the fast path "
+            "is tested with fpsample 1.0.2): pip install 'fpsample>=1.0,<2'"
+        )
+
 
 def fps_torch(points: Tensor, num: int) -> Tensor:
-    """Farthest point sampling of [B, N, 3] -> indices [B, num], starting from point 0."""
+    """Farthest point sampling of [B, N, 3] -> indices [B, num], starting from point 0.
+
+    The reference: ``pow(2).sum(-1)`` adds the three squares in order, as the module docstring's
+    d does (checked by the tests), and ``argmax`` keeps the first of equal maxima."""
     batch, n, _ = points.shape
     if num > n:
         raise ValueError(f"cannot pick {num} centres from {n} points")
@@ -43,52 +91,199 @@ def fps_torch(points: Tensor, num: int) -> Tensor:
 
 
 def fps_fast(points: np.ndarray, num: int) -> np.ndarray:
-    """The same FPS on one [N, 3] cloud in fpsample's C++ (identical picks, same start).
+    """``fps_torch`` on one float32 [N, 3] cloud in fpsample's C++ -> [num] int64, identical picks.
 
-    fpsample's faster bucket variants (QuickFPS) are exact too, but in version 1.0.2 they do not
-    start from the ``start_idx`` they are given, so their groups would differ from ours.
+    fpsample's exact FPS (``fps_sampling``: the same float32 arithmetic, built without FMA) keeps
+    the *last* of equally far points where ours keeps the first, so it runs on the reversed cloud,
+    starting from its last point (our point 0), and its indices are mapped back. Its faster
+    bucket variants (QuickFPS) are not used: in 1.0.2 they start from the ``start_idx``-th point
+    of their k-d tree's reordering rather than of the cloud, and they break ties in tree order,
+    which no reordering of the input turns into "lowest index"; checking a sequence for ties
+    needs every point's distance at every step, the exact FPS's own work.
     """
-    try:
-        import fpsample
-    except ImportError as e:
-        raise ImportError("the fast FPS path needs fpsample: pip install 'modalmae[fast]'") from e
-    return np.asarray(fpsample.fps_sampling(points, num, start_idx=0), dtype=np.int64)
+    fpsample, _ = fast_modules()
+    if points.dtype != np.float32 or points.ndim != 2:
+        raise ValueError(f"fast FPS takes one float32 cloud [N, 3], got {points.dtype} {list(points.shape)}")
+    if num > len(points):
+        raise ValueError(f"cannot pick {num} centres from {len(points)} points")
+    return _fps_reversed(fpsample, points, num)
+
+
+def _fps_reversed(fpsample: ModuleType, points: np.ndarray, num: int) -> np.ndarray:
+    if num <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n = len(points)
+    picks = fpsample.fps_sampling(points[::-1], num, start_idx=n - 1)
+    return (n - 1) - picks.astype(np.int64)
+
+
+def _smallest(d: Tensor, k: int) -> Tensor:
+    """[..., N] distances -> positions [..., k] of the k smallest (distance, position), in order."""
+    n = d.shape[-1]
+    if k < n:
+        vals, idx = d.topk(k + 1, dim=-1, largest=False)  # ascending; equal values in any order
+        # Where the k-th and (k+1)-th are equally near (duplicates, mostly), which points are in
+        # depends on the tie rule: those rows keep their nearer points (they lead the ascending
+        # top k) and fill the rest with the lowest positions at that edge distance.
+        tied = vals[..., k - 1] == vals[..., k]
+        vals, idx = vals[..., :k], idx[..., :k]
+        if tied.any():
+            rows, top, edge = d[tied], idx[tied], vals[tied][:, k - 1 :]  # [T, N], [T, k], [T, 1]
+            nearer = (vals[tied] < edge).sum(-1)  # [T]
+            row, col = (rows == edge).nonzero(as_tuple=True)  # row-major: positions ascending
+            per_row = torch.bincount(row, minlength=len(rows))
+            rank = torch.arange(len(row), device=d.device) - (per_row.cumsum(0) - per_row)[row]
+            keep = rank < k - nearer[row]
+            top[row[keep], nearer[row[keep]] + rank[keep]] = col[keep]
+            idx[tied], vals[tied] = top, rows.gather(-1, top)
+    else:
+        vals, idx = d, torch.arange(n, device=d.device).expand_as(d)
+    idx, by_index = idx.sort(dim=-1)  # by position, then a stable sort by distance
+    return idx.gather(-1, vals.gather(-1, by_index).sort(dim=-1, stable=True).indices)
 
 
 def knn_torch(points: Tensor, centres: Tensor, k: int) -> Tensor:
-    """Indices [B, G, k] of each centre's k nearest points (itself included), nearest first."""
-    # Exact distances: the matrix-product shortcut reorders near-equal neighbours.
-    d = torch.cdist(centres, points, compute_mode="donot_use_mm_for_euclid_dist")
-    return d.topk(k, dim=-1, largest=False).indices
+    """Indices [B, G, k] of each centre's k nearest points, nearest first, ties by index.
+
+    Distances are the module docstring's d (``torch.cdist``'s rounding differs), a coordinate
+    plane at a time, ``KNN_CHUNK`` of them at once on the CPU (cache-sized: about as fast as
+    the cdist + topk this replaced), ``KNN_CHUNK_DEVICE`` on an accelerator.
+    """
+    batch, n, _ = points.shape
+    if k > n:
+        raise ValueError(f"cannot take {k} neighbours from {n} points")
+    planes = points.transpose(1, 2).contiguous()[:, :, None]  # [B, 3, 1, N]
+    step = max(1, (KNN_CHUNK if points.device.type == "cpu" else KNN_CHUNK_DEVICE) // (batch * n))
+    chunks = (centres[:, s : s + step, :, None] for s in range(0, centres.shape[1], step))  # [B, g, 3, 1]
+    return torch.cat([_smallest(_distances(planes, chunk), k) for chunk in chunks], dim=1)
 
 
-def knn_fast(points: np.ndarray, centres: np.ndarray, k: int) -> np.ndarray:
-    try:
-        from scipy.spatial import cKDTree
-    except ImportError as e:
-        raise ImportError("the fast kNN path needs scipy: pip install 'modalmae[fast]'") from e
-    return cKDTree(points).query(centres, k=k)[1].astype(np.int64)
+def _distances(planes: Tensor, centres: Tensor) -> Tensor:
+    """Points as coordinate planes [..., 3, 1, N], centres [..., g, 3, 1] -> d [..., g, N]:
+    (dx * dx + dy * dy) + dz * dz, plane by plane (in place: no [g, N, 3] temporaries)."""
+    d = planes.select(-3, 0) - centres.select(-2, 0)
+    d.mul_(d)
+    for axis in (1, 2):
+        delta = planes.select(-3, axis) - centres.select(-2, axis)
+        d.add_(delta.mul_(delta))
+    return d
 
 
-def group_points(points: Tensor, *, num_groups: int, group_size: int, fast: bool = False) -> Tensor:
-    """[B, N, 3] (or one [N, 3] cloud) -> packed groups [B, G, 1 + k, 3]: centre, then its k
-    nearest points relative to it. ``fast`` uses fpsample + cKDTree (CPU, same groups)."""
+def _distances_np(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """One cloud [N, 3], centres [G, 3] -> d [G, N] float32, by ``_distances`` (torch's CPU
+    kernels are faster than numpy's here, and the arithmetic is the same)."""
+    planes = torch.from_numpy(np.ascontiguousarray(points.T))[:, None]  # [3, 1, N]
+    return _distances(planes, torch.from_numpy(centres)[..., None]).numpy()
+
+
+def _smallest_keys_np(d: np.ndarray, k: int, index: np.ndarray | None = None) -> np.ndarray:
+    """Rows of d [G, M] (float32, >= 0) -> sorted uint64 keys [G, k] of their k smallest
+    (d, index): the float's bits above (they order as the floats do), the index (default: the
+    column) below."""
+    ids = np.arange(d.shape[1], dtype=np.uint64) if index is None else index.astype(np.uint64)
+    keys = (d.view(np.uint32).astype(np.uint64) << np.uint64(32)) | ids
+    if k < d.shape[1]:
+        keys = np.partition(keys, k - 1, axis=1)[:, :k]
+    keys.sort(axis=1)
+    return keys
+
+
+def _key_index(keys: np.ndarray) -> np.ndarray:
+    return (keys & np.uint64(_LOW32)).astype(np.int64)
+
+
+def _key_distance(keys: np.ndarray) -> np.ndarray:
+    return (keys >> np.uint64(32)).astype(np.uint32).view(np.float32)
+
+
+def knn_fast(points: np.ndarray, centres: np.ndarray, k: int, *, method: str = "auto") -> np.ndarray:
+    """``knn_torch`` on one float32 cloud [N, 3] and its centres [G, 3] -> [G, k] int64, identical.
+
+    ``brute``: every distance, selected with (distance, index) keys. ``tree``: scipy's cKDTree
+    (float64) proposes k + ``TREE_MARGIN`` candidates per centre, ranked exactly in float32; a
+    centre keeps them when every other point is provably farther than its k-th (the float32 d
+    is within 1e-6 relative of the true distance, and no other point is nearer than cKDTree's
+    last candidate), else (many duplicates, or ties across the margin) brute force redoes it.
+    ``auto``: brute up to ``BRUTE_MAX`` centre-point pairs, where it is the faster.
+    """
+    _, spatial = fast_modules()
+    if points.dtype != np.float32 or centres.dtype != np.float32:
+        raise ValueError(f"fast kNN takes float32 points and centres, got {points.dtype} and {centres.dtype}")
+    n, g = len(points), len(centres)
+    if k > n:
+        raise ValueError(f"cannot take {k} neighbours from {n} points")
+    if method not in ("auto", "brute", "tree"):
+        raise ValueError(f"unknown kNN method {method!r}: auto, brute or tree")
+    if method == "auto":
+        method = "brute" if g * n <= BRUTE_MAX else "tree"
+    if method == "brute" or k + TREE_MARGIN >= n:
+        return _key_index(_smallest_keys_np(_distances_np(points, centres), k))
+    found, cand = spatial.cKDTree(points, balanced_tree=False, compact_nodes=False).query(centres, k=k + TREE_MARGIN)
+    delta = points[cand] - centres[:, None]  # [G, k + margin, 3]
+    d = (delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1]) + delta[..., 2] * delta[..., 2]
+    keys = _smallest_keys_np(d, k, cand)
+    floor = found[:, -1] ** 2  # every point outside the candidates is at least this far (float64)
+    # 1e-30: below it float32 subnormals make rounding errors large relative to d
+    proven = (floor * (1 - 1e-6) > _key_distance(keys[:, -1])) & (floor > 1e-30)
+    out = _key_index(keys)
+    if not proven.all():
+        redo = np.flatnonzero(~proven)
+        out[redo] = _key_index(_smallest_keys_np(_distances_np(points, centres[redo]), k))
+    return out
+
+
+def _fast_clouds(pts: Tensor) -> np.ndarray:
+    """[B, N, 3] -> numpy for the fast path, with its message when fpsample or scipy is missing."""
+    fast_modules()
+    if pts.dtype != torch.float32:
+        raise ValueError(f"the fast grouping path takes float32 points, got {pts.dtype}")
+    return pts.detach().cpu().numpy()
+
+
+def _group_cloud(cloud: np.ndarray, num_groups: int, group_size: int) -> np.ndarray:
+    """One float32 cloud [N, 3] -> indices [G, 1 + k] on the fast path."""
+    centre_idx = fps_fast(cloud, num_groups)
+    return np.concatenate([centre_idx[:, None], knn_fast(cloud, cloud[centre_idx], group_size)], axis=1)
+
+
+def group_indices(points: Tensor, *, num_groups: int, group_size: int, fast: bool = False) -> Tensor:
+    """[B, N, 3] (or one [N, 3] cloud) -> indices [B, G, 1 + k] (or [G, 1 + k]): each centre,
+    then its k nearest points. ``fast``: fpsample + numpy / cKDTree on the CPU, a cloud at a
+    time (float32 only), giving the same indices as the torch code."""
     single = points.ndim == 2
     pts = points[None] if single else points
     if fast:
-        packed = []
-        for cloud in pts.detach().cpu().numpy():
-            centre_idx = fps_fast(cloud, num_groups)
-            members = knn_fast(cloud, cloud[centre_idx], group_size)
-            packed.append(torch.from_numpy(np.concatenate([centre_idx[:, None], members], axis=1)))
-        index = torch.stack(packed).to(pts.device)  # [B, G, 1 + k]
+        index = torch.from_numpy(np.stack([_group_cloud(c, num_groups, group_size) for c in _fast_clouds(pts)]))
+        index = index.to(pts.device)
     else:
         centre_idx = fps_torch(pts, num_groups)
         centres = torch.gather(pts, 1, centre_idx[..., None].expand(-1, -1, 3))
         index = torch.cat([centre_idx[..., None], knn_torch(pts, centres, group_size)], dim=2)
-    rows = torch.arange(pts.shape[0], device=pts.device)[:, None, None]
-    grouped = pts[rows, index]  # [B, G, 1 + k, 3]
-    grouped = torch.cat([grouped[:, :, :1], grouped[:, :, 1:] - grouped[:, :, :1]], dim=2)
+    return index[0] if single else index
+
+
+def pack_groups(cloud: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """One cloud [N, 3] and its group indices [G, 1 + k] -> packed [G, 1 + k, 3], the same
+    floats as the torch path's (in numpy: cheaper than torch's indexing for one cloud)."""
+    grouped = cloud[index]
+    grouped[:, 1:] -= grouped[:, :1]
+    return grouped
+
+
+def group_points(points: Tensor, *, num_groups: int, group_size: int, fast: bool = False) -> Tensor:
+    """[B, N, 3] (or one [N, 3] cloud) -> packed groups [B, G, 1 + k, 3]: centre, then its k
+    nearest points relative to it. ``fast`` uses fpsample + numpy / cKDTree (CPU, same groups)."""
+    single = points.ndim == 2
+    pts = points[None] if single else points
+    if fast:
+        clouds = _fast_clouds(pts)
+        packed = np.stack([pack_groups(c, _group_cloud(c, num_groups, group_size)) for c in clouds])
+        grouped = torch.from_numpy(packed).to(pts.device)
+    else:
+        index = group_indices(pts, num_groups=num_groups, group_size=group_size)
+        rows = torch.arange(pts.shape[0], device=pts.device)[:, None, None]
+        grouped = pts[rows, index]  # [B, G, 1 + k, 3]
+        grouped = torch.cat([grouped[:, :, :1], grouped[:, :, 1:] - grouped[:, :, :1]], dim=2)
     return grouped[0] if single else grouped
 
 

@@ -1,31 +1,123 @@
-"""Point-MAE grouping, embedding and Chamfer loss; the CPU fast paths give the same groups."""
+"""Point-MAE grouping, embedding and Chamfer loss; the CPU fast path gives identical groups.
+
+Grouping is defined exactly (the docstring of modalmae/tokenizers/points.py): float32 distance
+(dx*dx + dy*dy) + dz*dz, FPS from point 0 keeping the lowest index among equally far points,
+kNN by (distance, index). ``definition_*`` below spell it out in plain numpy, slowly, and both
+paths are held to it on real scans and on clouds built to tie: integer grids, duplicates, all
+points equal, as many centres as points, +0.0 and -0.0.
+"""
+
+import itertools
+import sys
+import types
 
 import numpy as np
+import plyfile
 import pytest
 import torch
 
+from conftest import DATA
+from modalmae.data.points import PointDecoder, normalize, scale_and_translate
 from modalmae.masking import block_masking
 from modalmae.model import MaskedAutoencoder, mae_tiny
-from modalmae.tokenizers.points import chamfer
-from modalmae.tokenizers.points import PointGroups, fps_torch, group_points, knn_torch
+from modalmae.tokenizers.points import (
+    PointGroups,
+    chamfer,
+    fps_fast,
+    fps_torch,
+    group_indices,
+    group_points,
+    knn_fast,
+    knn_torch,
+)
 
 
-def brute_fps(points, num):
-    chosen = [0]
-    d = np.full(len(points), np.inf)
+def distance32(points, centre):
+    """The definition's distance, one float32 operation at a time: [N, 3], [3] -> [N]."""
+    d = (points - centre).astype(np.float32)
+    return (d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]) + d[:, 2] * d[:, 2]
+
+
+def definition_fps(points, num, start=0):
+    chosen, nearest = [start], np.full(len(points), np.inf, np.float32)
     for _ in range(num - 1):
-        d = np.minimum(d, ((points - points[chosen[-1]]) ** 2).sum(1))
-        chosen.append(int(d.argmax()))
-    return chosen
+        nearest = np.minimum(nearest, distance32(points, points[chosen[-1]]))
+        chosen.append(int(np.flatnonzero(nearest == nearest.max())[0]))  # the lowest index of the farthest
+    return np.array(chosen)
+
+
+def definition_knn(points, centre_idx, k):
+    out = []
+    for c in centre_idx:
+        d = distance32(points, points[c])
+        out.append(sorted(range(len(points)), key=lambda i: (d[i], i))[:k])
+    return np.array(out, dtype=np.int64).reshape(len(centre_idx), k)
 
 
 def cloud(n=2048, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32))
 
 
+def scan(name):
+    if name == "kitten":
+        return np.loadtxt(DATA / "points" / "kitten.xyz", dtype=np.float32)[:, :3]
+    vertex = plyfile.PlyData.read(str(DATA / "points" / "bunny_zipper.ply"))["vertex"]
+    return np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1).astype(np.float32)
+
+
+def loader_cloud(name, n, seed):
+    """A real scan the loader's way: n of its points (with replacement, so with duplicates,
+    when it has fewer), in the unit sphere, scaled and shifted."""
+    rng = np.random.default_rng(seed)
+    base = scan(name)
+    pick = base[rng.choice(len(base), n, replace=len(base) < n)]
+    return scale_and_translate(normalize(pick), rng).astype(np.float32)
+
+
+def adversarial_clouds():
+    """(name, float32 [N, 3]) clouds full of exact ties."""
+    rng = np.random.default_rng(7)
+    grid = np.stack(np.meshgrid(*[np.arange(5)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    yield "integer grid", grid.astype(np.float32)
+    yield "shuffled grid", grid[rng.permutation(len(grid))].astype(np.float32)
+    yield "grid with duplicates", grid[rng.integers(len(grid), size=300)].astype(np.float32)
+    yield "cube corners", np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)] * 3, np.float32)
+    yield "all equal", np.ones((40, 3), np.float32)
+    yield "two places", np.repeat(np.eye(3, dtype=np.float32)[:2], 25, axis=0)[rng.permutation(50)]
+    signed_zeros = np.zeros((12, 3), np.float32)
+    signed_zeros[::2] = -0.0
+    signed_zeros[5:] += np.float32(0.5)
+    yield "+0.0 and -0.0", signed_zeros
+    blobs = np.repeat(rng.normal(size=(30, 3)), 4, axis=0)  # every point four times
+    yield "duplicated blobs", blobs[rng.permutation(len(blobs))].astype(np.float32)
+    yield "quantised normal", (np.round(rng.normal(size=(400, 3)) * 3) / 3).astype(np.float32)
+
+
+def test_distance_is_the_documented_float32_formula():
+    # fps_torch relies on pow(2).sum(-1) adding the three squares in order (dx² + dy²) + dz²
+    rng = np.random.default_rng(0)
+    points = (rng.normal(size=(100_000, 3)) * 10.0 ** rng.uniform(-4, 4, size=(100_000, 1))).astype(np.float32)
+    centre = points[123]
+    via_torch = (torch.from_numpy(points) - torch.from_numpy(centre)).pow(2).sum(-1).numpy()
+    assert np.array_equal(via_torch, distance32(points, centre))
+    batched = (torch.from_numpy(points).view(4, -1, 3) - torch.from_numpy(centre)).pow(2).sum(-1).reshape(-1).numpy()
+    assert np.array_equal(batched, distance32(points, centre))
+
+
 def test_fps_matches_the_definition():
     pts = cloud(500)
-    assert fps_torch(pts[None], 32)[0].tolist() == brute_fps(pts.numpy().astype(np.float64), 32)
+    assert fps_torch(pts[None], 32)[0].tolist() == definition_fps(pts.numpy(), 32).tolist()
+
+
+def test_torch_path_follows_the_definition_on_ties():
+    for name, points in adversarial_clouds():
+        n = len(points)
+        for num, k in ((min(n, 16), min(n, 7)), (n, n)):
+            centres = definition_fps(points, num)
+            got = fps_torch(torch.from_numpy(points)[None], num)[0].numpy()
+            assert np.array_equal(got, centres), name
+            members = knn_torch(torch.from_numpy(points)[None], torch.from_numpy(points[centres])[None], k)[0].numpy()
+            assert np.array_equal(members, definition_knn(points, centres, k)), name
 
 
 def test_knn_is_nearest_first():
@@ -35,16 +127,92 @@ def test_knn_is_nearest_first():
     assert torch.allclose(torch.gather(d, 2, idx), d.sort(dim=-1).values[..., :8])
 
 
-def test_fast_paths_give_the_same_groups():
+def test_fast_path_is_identical_on_ties_and_duplicates():
     pytest.importorskip("fpsample")
     pytest.importorskip("scipy")
-    pts = torch.stack([cloud(4096, seed=s) for s in range(2)])
-    slow = group_points(pts, num_groups=64, group_size=32)
-    fast = group_points(pts, num_groups=64, group_size=32, fast=True)
-    assert torch.equal(slow[:, :, 0], fast[:, :, 0])  # same centres, same order
-    # same members per group (order among equidistant points may differ)
-    key = lambda g: g[:, :, 1:].round(decimals=5).sort(dim=2).values  # noqa: E731
-    assert torch.allclose(key(slow), key(fast), atol=1e-5)
+    for name, points in adversarial_clouds():
+        n = len(points)
+        for num, k in ((min(n, 16), min(n, 7)), (n, n), (1, 1)):
+            centres = definition_fps(points, num)
+            assert np.array_equal(fps_fast(points, num), centres), name
+            want = definition_knn(points, centres, k)
+            for method in ("brute", "tree"):  # tree: its cKDTree candidates, proven or redone
+                assert np.array_equal(knn_fast(points, points[centres], k, method=method), want), (name, method)
+            pts = torch.from_numpy(points)
+            assert torch.equal(group_indices(pts, num_groups=num, group_size=k, fast=True), group_indices(pts, num_groups=num, group_size=k))
+
+
+def test_tree_knn_proves_or_redoes_each_centre():
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(3)
+    # 78 integer points at squared distance exactly 81 from the origin ((1,4,8), (4,4,7), (0,0,9)
+    # with every order and sign), shuffled among others: more equally near points than cKDTree's
+    # k + margin candidates, so the candidates cannot prove the lowest indices won
+    shell = {
+        tuple(s * v for s, v in zip(signs, order))
+        for base in ((1, 4, 8), (4, 4, 7), (0, 0, 9))
+        for order in itertools.permutations(base)
+        for signs in itertools.product((1, -1), repeat=3)
+    }
+    assert len(shell) == 78
+    points = np.concatenate([np.zeros((1, 3)), np.array(sorted(shell)), rng.uniform(-30, 30, size=(2000, 3))])
+    points = points[np.r_[0, 1 + rng.permutation(len(points) - 1)]].astype(np.float32)
+    points[-100:] = points[-200]  # and a hundred copies of one point
+    centres = np.array([0, len(points) - 200, len(points) - 1, 7])
+    want = definition_knn(points, centres, 32)
+    assert np.array_equal(knn_fast(points, points[centres], 32, method="tree"), want)
+    assert np.array_equal(knn_fast(points, points[centres], 32, method="brute"), want)
+    for scale in (1e-21, 1e-22):  # squared distances below float32's normal range: rounding is coarse
+        tiny = (rng.normal(size=(1500, 3)) * scale).astype(np.float32)
+        centres = np.arange(0, 1500, 150)
+        assert np.array_equal(knn_fast(tiny, tiny[centres], 32, method="tree"), definition_knn(tiny, centres, 32))
+
+
+@pytest.mark.parametrize(("name", "n", "groups"), [("kitten", 1024, 64), ("bunny", 2048, 64), ("kitten", 4096, 512)])
+def test_fast_path_is_identical_on_real_scans(name, n, groups):
+    pytest.importorskip("fpsample")
+    pytest.importorskip("scipy")
+    pts = torch.from_numpy(np.stack([loader_cloud(name, n, seed) for seed in range(2)]))  # bunny: duplicates
+    slow = group_indices(pts, num_groups=groups, group_size=32)
+    assert torch.equal(group_indices(pts, num_groups=groups, group_size=32, fast=True), slow)
+    assert slow[0, :5, 0].tolist() == definition_fps(pts[0].numpy(), 5).tolist()
+    grouped = pts[torch.arange(2)[:, None, None], slow]  # what the torch path packs from them
+    packed = torch.cat([grouped[:, :, :1], grouped[:, :, 1:] - grouped[:, :, :1]], dim=2)
+    assert torch.equal(group_points(pts, num_groups=groups, group_size=32, fast=True), packed)
+    assert torch.equal(group_points(pts[0], num_groups=groups, group_size=32, fast=True), packed[0])  # the loader's form
+
+
+def test_fast_path_without_its_libraries_says_how_to_get_them(monkeypatch):
+    for missing in ("fpsample", "scipy.spatial"):
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, missing, None)  # makes the import fail, as when not installed
+            with pytest.raises(ImportError, match=r"pip install 'modalmae\[fast\]'"):
+                group_points(cloud(256), num_groups=8, group_size=4, fast=True)
+            with pytest.raises(ImportError, match=r"pip install 'modalmae\[fast\]'"):
+                PointDecoder(num_points=256, num_groups=8, group_size=4, fast=True)
+            assert group_points(cloud(256), num_groups=8, group_size=4).shape == (8, 5, 3)  # torch path unaffected
+            assert PointDecoder(num_points=256, num_groups=8, group_size=4).fast is False
+
+
+def test_fast_path_refuses_an_fpsample_that_breaks_ties_otherwise(monkeypatch):
+    pytest.importorskip("scipy")
+    other = types.ModuleType("fpsample")  # keeps the first of equally far points, as another release might
+    other.fps_sampling = lambda pc, n_samples, start_idx: definition_fps(np.asarray(pc), n_samples, start_idx)
+    monkeypatch.setitem(sys.modules, "fpsample", other)
+    with pytest.raises(ImportError, match="breaks FPS ties"):
+        group_points(cloud(256), num_groups=8, group_size=4, fast=True)
+    assert PointDecoder(num_points=256, num_groups=8, group_size=4).fast is False
+
+
+def test_fast_path_rejects_what_it_cannot_match():
+    pytest.importorskip("fpsample")
+    pytest.importorskip("scipy")
+    with pytest.raises(ValueError, match="float32"):
+        group_points(cloud(64).double(), num_groups=8, group_size=4, fast=True)
+    with pytest.raises(ValueError, match="cannot pick"):
+        fps_fast(cloud(4).numpy(), 5)
+    with pytest.raises(ValueError, match="neighbours"):
+        knn_fast(cloud(4).numpy(), cloud(2).numpy(), 5)
 
 
 def test_groups_are_relative_to_their_centre_and_nearest():
