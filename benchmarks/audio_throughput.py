@@ -6,14 +6,19 @@ training steps of the tiny and base models. Prints figures; asserts nothing.
 Shards are built in a temporary folder from real speech (tests/data/audio by default),
 each file copied --copies times so there are enough clips and shards for two workers.
 Targets: the loader with one worker within ~10 % of the bare cost; two workers >= 1.7x one.
-The three loader figures are measured in interleaved rounds and the median round is printed.
+The bare baseline runs under the same malloc thresholds as the loader workers
+(modalmae.data.alloc; each bare run in a forked child, so the parent and the workers it forks
+keep glibc's defaults), and the thresholds' own gain is measured on both. All variants
+alternate in rounds; each ratio printed is the median of the per-round ratios, with its range.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +31,7 @@ sys.path.insert(0, str(REPO / "pipelines"))
 
 from build_shards import main as build_shards  # noqa: E402
 
+from modalmae.data.alloc import tune_malloc, tune_worker  # noqa: E402
 from modalmae.data.audio import AudioDecoder  # noqa: E402
 from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
 from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
@@ -61,11 +67,30 @@ def bare(shards: Path, frontend: AudioFrontend, clips: int) -> float:
     return clips / (time.perf_counter() - start)
 
 
-def loader_rate(shards: Path, frontend: AudioFrontend, *, workers: int, batches: int, batch_size: int) -> float:
+def forked(fn) -> float:
+    """``fn()`` in a forked child: malloc settings made there stay there."""
+    recv, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=lambda: send.send(fn()))
+    child.start()
+    value = recv.recv()
+    child.join()
+    return value
+
+
+def ratio(slow: list[float], fast: list[float]) -> str:
+    """Median and range of the per-round ratios slow / fast."""
+    r = sorted(a / b for a, b in zip(slow, fast))
+    return f"{statistics.median(r):.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
+
+
+def loader_rate(shards: Path, frontend: AudioFrontend, *, workers: int, batches: int, batch_size: int, tuned: bool = True) -> float:
     """Steady-state clips/s through ShardStream + DataLoader (the first batches, which pay the
     worker start-up and fill the prefetch queue, are not timed)."""
     stream = ShardStream(resolve_shards(shards), AudioDecoder(frontend), shuffle_buffer=16)
-    it = iter(make_loader(stream, batch_size=batch_size, num_workers=workers))
+    loader = make_loader(stream, batch_size=batch_size, num_workers=workers)
+    if tuned:
+        loader.worker_init_fn = tune_worker  # the hook make_loader is to pass
+    it = iter(loader)
     for _ in range(workers):
         next(it)
     start = time.perf_counter()
@@ -108,21 +133,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards = build(args.media, args.copies, Path(tmp))
         clips = args.batches * args.batch_size
-        # Interleaved rounds: this machine's speed drifts, so each ratio compares measurements
-        # taken side by side, and the median round is reported.
-        rounds = []
+        torch.set_num_threads(1)  # as in the workers, and no OpenMP pool running when children fork
+        loader = {"shards": shards, "frontend": frontend, "batches": args.batches, "batch_size": args.batch_size}
+        variants = {
+            "bare decode + fbank, default malloc": lambda: forked(lambda: bare(shards, frontend, clips)),
+            "bare decode + fbank, tuned malloc": lambda: forked(lambda: (tune_malloc(), bare(shards, frontend, clips))[1]),
+            "loader, 1 worker, default malloc": lambda: loader_rate(**loader, workers=1, tuned=False),
+            "loader, 1 worker, tuned malloc": lambda: loader_rate(**loader, workers=1),
+            "loader, 2 workers, tuned malloc": lambda: loader_rate(**loader, workers=2),
+        }
+        # Alternating rounds: this machine's speed drifts, so each ratio compares measurements
+        # taken side by side, and the median of the per-round ratios is reported.
+        rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
-            rounds.append((
-                bare(shards, frontend, clips),
-                loader_rate(shards, frontend, workers=1, batches=args.batches, batch_size=args.batch_size),
-                loader_rate(shards, frontend, workers=2, batches=args.batches, batch_size=args.batch_size),
-            ))
-        base_rate, one, two = sorted(rounds, key=lambda r: r[1] / r[0])[len(rounds) // 2]
-        overheads = sorted(100 * (b / o - 1) for b, o, _ in rounds)
-        speedups = sorted(t / o for _, o, t in rounds)
-        print(f"bare decode + fbank (1 thread):  {base_rate:7.1f} clips/s")
-        print(f"loader, 1 worker:                {one:7.1f} clips/s  (overhead over bare {100 * (base_rate / one - 1):+.1f} %; all rounds {', '.join(f'{o:+.0f}' for o in overheads)} %)")
-        print(f"loader, 2 workers:               {two:7.1f} clips/s  ({two / one:.2f}x one worker; all rounds {', '.join(f'{x:.2f}' for x in speedups)})")
+            for name, fn in variants.items():
+                rates[name].append(fn())
+        secs = {name: [1 / r for r in v] for name, v in rates.items()}
+        print(f"clips/s, median of {args.repeats} alternating rounds (1 thread each); ratios: median (range) of per-round ratios")
+        for name, v in rates.items():
+            print(f"  {name:36s} {statistics.median(v):7.1f} clips/s")
+        print(f"  loader 1 worker vs bare, both tuned (1 = no overhead): {ratio(secs['bare decode + fbank, tuned malloc'], secs['loader, 1 worker, tuned malloc'])}")
+        print(f"  bare: tuned vs default malloc:                        {ratio(secs['bare decode + fbank, default malloc'], secs['bare decode + fbank, tuned malloc'])}")
+        print(f"  loader 1 worker: tuned vs default malloc:             {ratio(secs['loader, 1 worker, default malloc'], secs['loader, 1 worker, tuned malloc'])}")
+        print(f"  loader 2 workers vs 1 worker (tuned):                 {ratio(secs['loader, 1 worker, tuned malloc'], secs['loader, 2 workers, tuned malloc'])}")
     for size, batch in (("tiny", 8), ("base", 2)):
         rate = step_rate(size, batch_size=batch, steps=args.steps)
         print(f"train step {size:4s} (batch {batch}, 1024x128, 80 % masked, fp32, 2 threads): {rate:6.2f} samples/s")

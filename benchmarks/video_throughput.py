@@ -4,18 +4,24 @@
 
 1. Windowed decoding (seek to the keyframe before the clip, decode its span) against the naive
    route (decode every frame, then pick 16), per sample video; target >= 3x on 10 s clips.
-2. The loader (ShardStream + DataLoader, 1 and 2 workers) against the bare decode + crop of the
-   same clips in this process; target within ~10 % for one worker.
-3. Training steps of the tiny and base models with and without VideoMAE V2 decoder masking,
+2. Clip preparation (crop, resize, flip, normalize of decoded frames): make_clip against the
+   order it replaced (the clip's frames gathered at full size, the crop made float through a
+   strided copy) and the older one (every frame float before cropping); target >= 1.8x.
+3. The loader (ShardStream + DataLoader, 1 and 2 workers, with and without modalmae.data.alloc's
+   malloc thresholds in the workers) against the bare decode + crop of the same clips in this
+   process under the same thresholds; target within ~10 % for one worker.
+4. Training steps of the tiny and base models with and without VideoMAE V2 decoder masking,
    next to transformers' VideoMAEForPreTraining at the same config when it is installed;
    target: our base step with decoder masking >= 1.3x transformers'.
-Measurements alternate in rounds and the median round is printed: this machine's speed drifts.
+Every comparison alternates its variants in rounds and prints the median of the per-round ratios
+with their range (min-max): this machine's speed drifts, so only side-by-side ratios are fair.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import random
 import shutil
 import statistics
@@ -31,13 +37,23 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "pipelines"))
 
+import torch.nn.functional as F  # noqa: E402
 from build_shards import main as build_shards  # noqa: E402
 
+from modalmae.data.alloc import tune_malloc, tune_worker  # noqa: E402
 from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
 from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
-from modalmae.data.video import VideoDecoder, clip_indices, decode_pyav, probe_pyav  # noqa: E402
+from modalmae.data.video import (  # noqa: E402
+    VideoDecoder,
+    clip_indices,
+    decode_pyav,
+    make_clip,
+    multiscale_crop_box,
+    probe_pyav,
+)
 from modalmae.masking import running_cell_predict, tube_masking  # noqa: E402
 from modalmae.model import VIDEOMAE_DECODERS, MaskedAutoencoder, mae_base, mae_tiny  # noqa: E402
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from modalmae.tokenizers.video import VideoTubes  # noqa: E402
 
 
@@ -54,16 +70,80 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def alternate(variants: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, called in turn within each round (never back to back)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def forked(fn) -> float:
+    """``fn()`` in a forked child: malloc settings made there stay there (workers forked from
+    this process inherit whatever mallopt did in it, so the parent stays untouched)."""
+    recv, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=lambda: send.send(fn()))
+    child.start()
+    value = recv.recv()
+    child.join()
+    return value
+
+
+def ratio(slow: list[float], fast: list[float]) -> str:
+    """Median and range of the per-round ratios slow / fast (how many times faster ``fast`` is)."""
+    r = sorted(a / b for a, b in zip(slow, fast))
+    return f"{statistics.median(r):5.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
+
+
 def windowed_vs_naive(media: Path, rounds: int) -> None:
-    print("decode 16 frames at stride 4: windowed vs every frame (ms per clip)")
+    print(f"decode 16 frames at stride 4: windowed vs every frame (ms per clip, median of {rounds} alternating rounds; ratio median (range))")
     for path in sorted(media.glob("*.mp4")):
         data = path.read_bytes()
         frames, fps = probe_pyav(data)
-        rng = random.Random(0)
-        clips = [clip_indices(frames, num_frames=16, stride=4, rng=rng) for _ in range(rounds)]
-        window = statistics.median(timed(lambda c=c: decode_pyav(data, c)) for c in clips)
-        naive = statistics.median(timed(lambda c=c: decode_every_frame(data)[c]) for c in clips[:3])
-        print(f"  {path.name:28s} {frames / fps:5.1f} s: windowed {1000 * window:7.1f}   naive {1000 * naive:7.1f}   ratio {naive / window:5.1f}x")
+        clip = clip_indices(frames, num_frames=16, stride=4, rng=random.Random(0))
+        t = alternate({"windowed": lambda: decode_pyav(data, clip), "naive": lambda: decode_every_frame(data)[clip]}, rounds)
+        print(f"  {path.name:28s} {frames / fps:5.1f} s: windowed {1000 * statistics.median(t['windowed']):7.1f}   naive {1000 * statistics.median(t['naive']):7.1f}   ratio {ratio(t['naive'], t['windowed'])}")
+
+
+_MEAN, _STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+
+
+def clip_before(frames: np.ndarray, rows: list[int], *, crop_size: int, rng: random.Random, crop_first: bool) -> torch.Tensor:
+    """make_clip as it was: the clip's frames gathered at full size (uint8), then the crop made
+    float through a strided permuted copy (``crop_first``), or every frame made float first."""
+    clip = torch.from_numpy(frames[rows])  # [T, H, W, C] uint8, full size
+    top, left, h, w = multiscale_crop_box(clip.shape[1], clip.shape[2], rng)
+    if crop_first:
+        video = clip[:, top : top + h, left : left + w].permute(3, 0, 1, 2).float().div_(255)
+    else:
+        video = clip.permute(3, 0, 1, 2).float().div_(255)[:, :, top : top + h, left : left + w]
+    video = F.interpolate(video, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
+    if rng.random() < 0.5:
+        video = video.flip(-1)
+    return (video - _MEAN) / _STD
+
+
+def clip_preparation(media: Path, rounds: int, crop: int) -> None:
+    torch.set_num_threads(1)  # as in a loader worker
+    print(f"clip preparation, 16 frames -> 3 x 16 x {crop} x {crop}, training crop + flip, 1 thread (ms per clip; speed-up of make_clip, median (range) of {rounds} alternating rounds)")
+    for path in sorted(media.glob("*.mp4")):
+        data = path.read_bytes()
+        total, _ = probe_pyav(data)
+        frames = decode_pyav(data, clip_indices(total, num_frames=16, stride=4, rng=None))
+        rows = list(range(len(frames)))
+        seed = random.Random(0)
+        for _ in range(3):  # the outputs are identical (tests/streaming/test_video_crop_order.py); checked here too
+            s = seed.random()
+            assert torch.equal(make_clip(frames, rows=rows, crop_size=crop, rng=random.Random(s), flip=True), clip_before(frames, rows, crop_size=crop, rng=random.Random(s), crop_first=True))
+        t = alternate({
+            "every frame float first": lambda: clip_before(frames, rows, crop_size=crop, rng=random.Random(seed.random()), crop_first=False),
+            "before (crop first)": lambda: clip_before(frames, rows, crop_size=crop, rng=random.Random(seed.random()), crop_first=True),
+            "make_clip": lambda: make_clip(frames, rows=rows, crop_size=crop, rng=random.Random(seed.random()), flip=True),
+        }, rounds)
+        ms = "  ".join(f"{name} {1000 * statistics.median(v):6.1f}" for name, v in t.items())
+        print(f"  {path.name:24s} {frames.shape[2]}x{frames.shape[1]}: {ms}")
+        print(f"  {'':24s} make_clip vs before: {ratio(t['before (crop first)'], t['make_clip'])}   vs every frame float first: {ratio(t['every frame float first'], t['make_clip'])}")
 
 
 def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches: int, batch_size: int, crop: int) -> None:
@@ -84,18 +164,37 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
         rng = random.Random(0)
         return clips / timed(lambda: [decode(samples[i % len(samples)], rng) for i in range(clips)])
 
-    def loader(workers: int) -> float:
-        it = iter(make_loader(ShardStream(shards, decode, shuffle_buffer=4), batch_size=batch_size, num_workers=workers))
+    def loader(workers: int, tuned: bool) -> float:
+        dl = make_loader(ShardStream(shards, decode, shuffle_buffer=4), batch_size=batch_size, num_workers=workers)
+        if tuned:
+            dl.worker_init_fn = tune_worker  # what make_loader is to pass; set before the workers start
+        it = iter(dl)
         for _ in range(workers):
             next(it)  # start-up and the first prefetch are not timed
-        return clips / timed(lambda: [next(it) for _ in range(batches)])
+        rate = clips / timed(lambda: [next(it) for _ in range(batches)])
+        del it
+        return rate
 
-    results = [(bare(), loader(1), loader(2)) for _ in range(rounds)]
-    b, one, two = sorted(results, key=lambda r: r[1] / r[0])[len(results) // 2]
-    print(f"loader on {len(samples)} videos, 16 x {crop} x {crop} clips (median of {rounds} rounds)")
-    print(f"  bare decode + crop (1 thread): {b:6.2f} clips/s")
-    print(f"  loader, 1 worker:              {one:6.2f} clips/s  (overhead {100 * (b / one - 1):+.1f} %)")
-    print(f"  loader, 2 workers:             {two:6.2f} clips/s  ({two / one:.2f}x one worker)")
+    variants = {
+        "bare, default malloc": lambda: forked(bare),
+        "bare, tuned malloc": lambda: forked(lambda: (tune_malloc(), bare())[1]),
+        "loader, 1 worker, default malloc": lambda: loader(1, False),
+        "loader, 1 worker, tuned malloc": lambda: loader(1, True),
+        "loader, 2 workers, tuned malloc": lambda: loader(2, True),
+    }
+    torch.set_num_threads(1)  # as in the workers, and no OpenMP pool running when children fork
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            rates[name].append(fn())
+    secs = {name: [1 / r for r in v] for name, v in rates.items()}  # per-clip seconds, so ratios read as speed-ups
+    print(f"loader on {len(samples)} videos, 16 x {crop} x {crop} clips (clips/s median of {rounds} alternating rounds; ratios median (range) of per-round ratios)")
+    for name, v in rates.items():
+        print(f"  {name:34s} {statistics.median(v):6.2f} clips/s")
+    print(f"  1 worker vs bare, both tuned (1 = no overhead): {ratio(secs['bare, tuned malloc'], secs['loader, 1 worker, tuned malloc'])}")
+    print(f"  bare: tuned vs default malloc:                 {ratio(secs['bare, default malloc'], secs['bare, tuned malloc'])}")
+    print(f"  1 worker: tuned vs default malloc:             {ratio(secs['loader, 1 worker, default malloc'], secs['loader, 1 worker, tuned malloc'])}")
+    print(f"  2 workers vs 1 worker (tuned):                 {ratio(secs['loader, 1 worker, tuned malloc'], secs['loader, 2 workers, tuned malloc'])}")
 
 
 def video_config(size: str):
@@ -159,29 +258,32 @@ def train_steps(rounds: int) -> None:
             variants["transformers VideoMAEForPreTraining"] = transformers_step(size, batch=batch)
         for step in variants.values():
             step()  # warm-up
-        times = {name: statistics.median(timed(step) for _ in range(rounds)) for name, step in variants.items()}
+        times = alternate(variants, rounds)
         for name, t in times.items():
-            ratio = ""
+            vs = ""
             if have_reference and not name.startswith("transformers"):
-                ratio = f"  ({times['transformers VideoMAEForPreTraining'] / t:.2f}x transformers)"
-            print(f"  {size:4s} batch {batch}  {name:36s} {batch / t:6.2f} clips/s{ratio}")
+                vs = f"  ({ratio(times['transformers VideoMAEForPreTraining'], t)} transformers)"
+            print(f"  {size:4s} batch {batch}  {name:36s} {batch / statistics.median(t):6.2f} clips/s{vs}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media" / "video")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per comparison")
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--skip-train", action="store_true", help="only the data figures")
+    parser.add_argument("--skip-loader", action="store_true", help="skip the loader figures")
     args = parser.parse_args()
     if not args.media.is_dir():
         parser.error(f"--media {args.media}: not a folder of sample videos")
-    windowed_vs_naive(args.media, args.rounds * 3)
-    with tempfile.TemporaryDirectory() as tmp:
-        loader_vs_bare(args.media, Path(tmp), copies=args.copies, rounds=args.rounds, batches=args.batches, batch_size=args.batch_size, crop=args.crop)
+    windowed_vs_naive(args.media, args.rounds)
+    clip_preparation(args.media, args.rounds * 3, args.crop)
+    if not args.skip_loader:
+        with tempfile.TemporaryDirectory() as tmp:
+            loader_vs_bare(args.media, Path(tmp), copies=args.copies, rounds=args.rounds, batches=args.batches, batch_size=args.batch_size, crop=args.crop)
     if not args.skip_train:
         train_steps(args.rounds)
 

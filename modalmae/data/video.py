@@ -22,7 +22,7 @@ installed (``--video-backend``).
 Bounded before decoding: the frame size is read from the container header and a frame of more
 than ``max_pixels`` refused (ValueError: the stream skips the sample) before any backend
 decodes one, so a clip holds at most K x T frames of ``max_pixels`` as uint8 (16 x 25 MB at
-4K), and the float copy is made of the crop only. PyAV also holds every decoded frame to the
+4K), and only the crop becomes float. PyAV also holds every decoded frame to the
 limit (a stream may change size mid-way) and decodes at most ``max_frames`` frames per sample.
 """
 
@@ -201,26 +201,38 @@ def multiscale_crop_box(height: int, width: int, rng: random.Random, *, max_dist
     return oy * dy, ox * dx, crop_h, crop_w
 
 
-def make_clip(frames: np.ndarray, *, crop_size: int, rng: random.Random | None, flip: bool) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> normalized float32 [3, T, crop, crop].
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+
+
+def make_clip(
+    frames: np.ndarray, *, crop_size: int, rng: random.Random | None, flip: bool, rows: list[int] | None = None,
+) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> normalized float32 [3, T, crop, crop], from the frames at ``rows``
+    (all N in order when None; T = len(rows)).
 
     With rng: multi-scale crop + optional flip; without (evaluation): centre crop of the short side.
-    Cropped before the float conversion, so only the crop is ever float.
+    The crop is cut from the uint8 frames, row by row straight into the float tensor: neither the
+    clip's whole frames nor a uint8 copy of them is made. The bilinear resize stays in float (on
+    uint8 it would round every pixel to an integer) and runs once on the whole clip, as before:
+    torch's CPU kernel rounds differently with the shape of its input (per-frame calls differ
+    in the last bit), so one call keeps the output identical, bit for bit, to converting every
+    frame to float first. The normalization works in place on the resized clip.
     """
+    rows = list(range(len(frames))) if rows is None else list(rows)
     _, height, width, _ = frames.shape
     if rng is not None:
         top, left, h, w = multiscale_crop_box(height, width, rng)
     else:
         h = w = min(height, width)
         top, left = (height - h) // 2, (width - w) // 2
-    crop = torch.from_numpy(frames[:, top : top + h, left : left + w])  # uint8 [T, h, w, C]
-    video = crop.permute(3, 0, 1, 2).float().div_(255)  # [C, T, h, w]
-    video = F.interpolate(video, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
+    video = torch.empty((3, len(rows), h, w))  # [C, T, h, w]
+    for t, row in enumerate(rows):
+        video[:, t].copy_(torch.from_numpy(frames[row, top : top + h, left : left + w]).permute(2, 0, 1))
+    video = F.interpolate(video.div_(255), size=(crop_size, crop_size), mode="bilinear", align_corners=False)
     if rng is not None and flip and rng.random() < 0.5:
         video = video.flip(-1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    return (video - mean) / std
+    return video.sub_(_MEAN).div_(_STD)
 
 
 class VideoDecoder:
@@ -269,7 +281,7 @@ class VideoDecoder:
         frames = self.decode(data, union)  # [len(union), H, W, 3]
         where = {index: row for row, index in enumerate(union)}
         return meta, [
-            (clip, make_clip(frames[[where[i] for i in clip]], crop_size=self.crop_size, rng=crop_rng, flip=self.flip))
+            (clip, make_clip(frames, rows=[where[i] for i in clip], crop_size=self.crop_size, rng=crop_rng, flip=self.flip))
             for clip in clips
         ]
 
