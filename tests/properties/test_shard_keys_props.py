@@ -5,7 +5,6 @@ and samples round-trip through ``ShardWriter`` and ``iter_shard`` (same keys, sa
 from __future__ import annotations
 
 import hashlib
-import tarfile
 import tempfile
 from pathlib import Path
 
