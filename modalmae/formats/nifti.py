@@ -62,17 +62,12 @@ def _image_class(head: bytes):
     return classes[found.pop()]
 
 
-def load_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
-    """A nibabel image from the bytes of a .nii or .nii.gz (told apart by the gzip magic).
-
-    ``VolumeTooLarge`` when the header declares more than ``max_voxels`` voxels or more than
-    ``max_bytes`` bytes to read, before any voxel is inflated or decoded; ``ValueError`` for a
-    file too short for what its header declares.
-    """
+def _checked_header(data: bytes, *, max_voxels: int, max_bytes: int):
+    """(image class, vox_offset, bytes to read) of a .nii or .nii.gz, its header checked (bad
+    header, declared voxels and bytes) before any voxel is inflated or decoded."""
     from nibabel.spatialimages import HeaderDataError
 
-    gzipped = data[:2] == GZIP_MAGIC
-    head = inflate(data, NIFTI2_HEADER_BYTES) if gzipped else data[:NIFTI2_HEADER_BYTES]
+    head = inflate(data, NIFTI2_HEADER_BYTES) if data[:2] == GZIP_MAGIC else data[:NIFTI2_HEADER_BYTES]
     if len(head) < NIFTI1_HEADER_BYTES:
         raise ValueError(f"{len(head)} bytes: too short for a NIfTI header")
     klass = _image_class(head)
@@ -91,11 +86,35 @@ def load_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MA
     size = offset + voxels * itemsize  # all that nibabel reads
     if size > max_bytes:
         raise VolumeTooLarge(f"too large: the header declares {size} bytes (header, extensions, voxels), more than max_bytes {max_bytes}")
-    if gzipped:
+    return klass, offset, size
+
+
+def load_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
+    """A nibabel image from the bytes of a .nii or .nii.gz (told apart by the gzip magic).
+
+    ``VolumeTooLarge`` when the header declares more than ``max_voxels`` voxels or more than
+    ``max_bytes`` bytes to read, before any voxel is inflated or decoded; ``ValueError`` for a
+    file too short for what its header declares.
+    """
+    klass, _, size = _checked_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
+    if data[:2] == GZIP_MAGIC:
         data = inflate(data, size)
     if len(data) < size:
         raise ValueError(f"truncated: the header declares {size} bytes, the file holds {len(data)}")
     return klass.from_bytes(data)
+
+
+def load_nifti_header(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
+    """A nibabel image of the bytes of a .nii or .nii.gz whose voxels are never read: the checks
+    ``load_nifti`` makes before it reads any (a bad header, the declared voxels and bytes, a plain
+    file shorter than it declares), without inflating a gzipped file past its header and
+    extensions. Its header, shape and affine are what ``load_nifti`` gives; its data is not there."""
+    if data[:2] != GZIP_MAGIC:
+        return load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)  # nibabel reads plain voxels lazily
+    klass, offset, _ = _checked_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
+    # The header and its extensions (at least the 4 bytes saying whether any follow, as nibabel
+    # reads them even when vox_offset is unset); the voxels' proxy is never read.
+    return klass.from_bytes(inflate(data, max(offset, klass.header_class.sizeof_hdr + 4)))
 
 
 def float32_voxels(img) -> np.ndarray:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import math
 import os
 import re
 from collections import Counter
@@ -49,7 +48,8 @@ import numpy as np
 
 from modalmae.flags import arg, positive_int
 from modalmae.formats.nifti import (
-    GZIP_MAGIC, MAX_BYTES, MAX_VOXELS, NIFTI2_HEADER_BYTES, VolumeTooLarge, _image_class, float32_voxels, inflate, load_nifti,
+    GZIP_MAGIC, MAX_BYTES, MAX_VOXELS, VolumeTooLarge, float32_voxels, load_nifti,
+    load_nifti_header,
 )
 from modalmae.formats.schema import MEMBER_NAME
 from modalmae.shards.build import ShardBuilder, suffix_of
@@ -194,36 +194,6 @@ def dicom_series_to_nifti(folder: Path, *, max_voxels: int = MAX_VOXELS) -> byte
     return gzip.compress(nib.Nifti1Image(volume, affine).to_bytes(), mtime=0)
 
 
-def header_image(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
-    """A nibabel image of the bytes of a .nii or .nii.gz whose voxels are never read: the checks
-    ``load_nifti`` makes before it reads any (a bad header, the declared voxels and bytes, a plain
-    file shorter than it declares), without inflating a gzipped file past its header and
-    extensions. Its header, shape and affine are what ``load_nifti`` gives; its data is not there."""
-    from nibabel.spatialimages import HeaderDataError
-
-    if data[:2] != GZIP_MAGIC:
-        return load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)  # nibabel reads plain voxels lazily
-    head = inflate(data, NIFTI2_HEADER_BYTES)
-    klass = _image_class(head)
-    if len(head) < klass.header_class.sizeof_hdr:
-        raise ValueError(f"{len(head)} bytes: too short for a NIfTI header")
-    try:
-        header = klass.header_class(binaryblock=head[: klass.header_class.sizeof_hdr], check=False)
-        shape, itemsize, offset = header.get_data_shape(), header.get_data_dtype().itemsize, header.get_data_offset()
-    except (HeaderDataError, KeyError, ValueError) as e:  # KeyError: an unknown datatype code
-        raise ValueError(f"bad NIfTI header ({type(e).__name__}: {e})") from None
-    if any(n < 0 for n in shape):
-        raise ValueError(f"bad NIfTI header: negative dimensions {list(shape)}")
-    voxels = math.prod(shape)
-    if voxels > max_voxels:
-        raise VolumeTooLarge(f"too large: {' x '.join(map(str, shape))} = {voxels} voxels, more than max_voxels {max_voxels}")
-    if offset + voxels * itemsize > max_bytes:
-        raise VolumeTooLarge(f"too large: the header declares {offset + voxels * itemsize} bytes (header, extensions, voxels), more than max_bytes {max_bytes}")
-    # The header and its extensions (at least the 4 bytes saying whether any follow, as nibabel
-    # reads them even when vox_offset is unset); the voxels' proxy is never read.
-    return klass.from_bytes(inflate(data, max(offset, klass.header_class.sizeof_hdr + 4)))
-
-
 def ras_grid(img) -> tuple[np.ndarray, tuple[int, ...]]:
     """(affine, 3-D shape) of ``nib.as_closest_canonical(img)``, from the header alone (that
     function reorders the voxels to get them)."""
@@ -240,7 +210,7 @@ def describe(data: bytes, *, depth: str = "full", max_voxels: int = MAX_VOXELS, 
     import nibabel as nib
 
     try:
-        load = load_nifti if depth == "full" else header_image
+        load = load_nifti if depth == "full" else load_nifti_header
         img = load(data, max_voxels=max_voxels, max_bytes=max_bytes)
     except VolumeTooLarge as e:
         raise VolumeTooLarge(str(e).replace("max_voxels", "--max-voxels").replace("max_bytes", "--max-nifti-bytes")) from None

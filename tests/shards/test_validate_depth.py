@@ -15,6 +15,7 @@ import soundfile as sf
 from PIL import Image
 
 from conftest import AUDIO, DATA, load_script
+from modalmae.formats.nifti import load_nifti_header
 from modalmae.flags import from_flags
 from modalmae.modalities import MODALITIES
 from modalmae.shards import Sample, Skip, audio, image, mri, points, video
@@ -250,6 +251,6 @@ def test_ras_grid_from_the_header_is_nibabels_reoriented_grid(name):
     ``as_closest_canonical`` gives, without reordering voxels."""
     img = nib.load(DATA / "mri" / name)
     canonical = nib.as_closest_canonical(img)
-    affine, shape = mri.ras_grid(mri.header_image((DATA / "mri" / name).read_bytes()))
+    affine, shape = mri.ras_grid(load_nifti_header((DATA / "mri" / name).read_bytes()))
     assert shape == canonical.shape[:3]
     np.testing.assert_array_equal(affine, canonical.affine)
