@@ -22,10 +22,11 @@ class ImageTooLarge(ValueError):
     """The header declares more pixels than allowed."""
 
 
-def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, *, max_pixels: int, load: bool = True) -> Image.Image:
     """The image in ``data``, decoded (``load``ed) in full. ``UnidentifiedImageError`` when it is
     none of the formats above, ``ImageTooLarge`` (before decoding) above ``max_pixels``, and
-    Pillow's own errors (``OSError`` and others) when the pixels do not decode."""
+    Pillow's own errors (``OSError`` and others) when the pixels do not decode. ``load=False``:
+    only the header is read (format, size, mode), with the same openers and limit."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, not Pillow's warning
         try:
@@ -36,7 +37,8 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         image.close()
         raise ImageTooLarge(f"too large: {width} x {height} = {width * height} pixels, more than max_pixels {max_pixels}")
-    image.load()
+    if load:
+        image.load()
     return image
 
 

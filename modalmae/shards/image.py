@@ -18,16 +18,13 @@ decode (a truncated file) and NaN or inf in float images are then the loader's t
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from modalmae.flags import arg, positive_int
-from modalmae.formats.image import OPENERS, PIL_FORMATS, ImageTooLarge, UnidentifiedImageError, open_image
+from modalmae.formats.image import PIL_FORMATS, ImageTooLarge, UnidentifiedImageError, open_image
 from modalmae.formats.schema import MAX_IMAGE_PIXELS
 from modalmae.shards.build import ShardBuilder
 from modalmae.shards.types import Sample, Skip, validate_option
@@ -53,28 +50,12 @@ class Unusable(ValueError):
     """The file holds no usable image; the message is the skip reason."""
 
 
-def open_header(data: bytes, *, max_pixels: int) -> Image.Image:
-    """``open_image`` without its ``load``: Pillow has read the header (format, size, mode), no
-    pixel; the same openers and the same limit, checked the same way."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, not Pillow's warning
-        try:
-            image = Image.open(io.BytesIO(data), formats=OPENERS)
-        except Image.DecompressionBombError as e:
-            raise ImageTooLarge(f"too large: {e}") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        image.close()
-        raise ImageTooLarge(f"too large: {width} x {height} = {width * height} pixels, more than max_pixels {max_pixels}")
-    return image
-
-
 def inspect_image(data: bytes, *, max_pixels: int, depth: str = "full") -> dict:
     """``data``'s {"format", "width", "height", "mode", "n_frames"}, decoded in full to check it
     when ``depth`` is "full", from its header alone when "header"; raises ``Unusable`` with the
     reason when it cannot be used."""
     try:
-        image = (open_image if depth == "full" else open_header)(data, max_pixels=max_pixels)
+        image = open_image(data, max_pixels=max_pixels, load=depth == "full")
     except UnidentifiedImageError:
         raise Unusable(f"not an image Pillow reads as {', '.join(sorted(set(PIL_FORMATS.values())))}") from None
     except ImageTooLarge as e:
