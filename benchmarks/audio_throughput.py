@@ -15,7 +15,6 @@ alternate in rounds; each ratio printed is the median of the per-round ratios, w
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import random
 import shutil
 import statistics
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO / "pipelines"))
 from build_shards import main as build_shards  # noqa: E402
 
 from modalmae.data.alloc import tune_malloc, tune_worker  # noqa: E402
+from rounds import forked, ratio  # noqa: E402
 from modalmae.data.audio import AudioDecoder  # noqa: E402
 from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
 from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
@@ -65,22 +65,6 @@ def bare(shards: Path, frontend: AudioFrontend, clips: int) -> float:
     for i in range(clips):
         decode(samples[i % len(samples)], rng)
     return clips / (time.perf_counter() - start)
-
-
-def forked(fn) -> float:
-    """``fn()`` in a forked child: malloc settings made there stay there."""
-    recv, send = multiprocessing.get_context("fork").Pipe(duplex=False)
-    child = multiprocessing.get_context("fork").Process(target=lambda: send.send(fn()))
-    child.start()
-    value = recv.recv()
-    child.join()
-    return value
-
-
-def ratio(slow: list[float], fast: list[float]) -> str:
-    """Median and range of the per-round ratios slow / fast."""
-    r = sorted(a / b for a, b in zip(slow, fast))
-    return f"{statistics.median(r):.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
 
 
 def loader_rate(shards: Path, frontend: AudioFrontend, *, workers: int, batches: int, batch_size: int, tuned: bool = True) -> float:

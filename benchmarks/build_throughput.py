@@ -34,6 +34,7 @@ from pathlib import Path
 
 from modalmae.modalities import MODALITIES
 from modalmae.shards import build_shards
+from rounds import ratio
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,11 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         for v in variants:
             t = seconds[v]
             med = statistics.median(t)
-            vs_tar = [a / b for a, b in zip(tar, t)]
-            line = f"{label(v):<26}{len(files) / med:>9.1f}{size / 1e6 / med:>8.1f}{fmt(vs_tar):>22}"
+            line = f"{label(v):<26}{len(files) / med:>9.1f}{size / 1e6 / med:>8.1f}{ratio(tar, t):>22}"
             one = (v[0], v[1], 1, None)
             if v[0] != "tar" and v[2] != 1 and one in seconds:
-                line += f"{fmt([a / b for a, b in zip(seconds[one], t)]):>24}"
+                line += f"{ratio(seconds[one], t):>24}"
             else:
                 line += f"{'':>24}"
             if shares[v]:
@@ -136,10 +136,6 @@ def main(argv: list[str] | None = None) -> None:
 def label(variant: tuple) -> str:
     engine, depth, workers, _ = variant
     return "tar" if engine == "tar" else f"{engine} x{workers}" + (f" ({depth})" if depth else "")
-
-
-def fmt(ratios: list[float]) -> str:
-    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 if __name__ == "__main__":

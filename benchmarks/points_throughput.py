@@ -26,7 +26,6 @@ import argparse
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ from modalmae.tokenizers.points import (
     knn_fast,
     knn_torch,
 )
+from rounds import alternate, ratio
 
 REPO = Path(__file__).resolve().parent.parent
 SCANS = REPO / "tests" / "data" / "points"
@@ -68,23 +68,6 @@ def clouds(count: int, points: int) -> torch.Tensor:
         pick = base[rng.choice(len(base), points, replace=len(base) < points)]
         out.append(scale_and_translate(normalize(pick), rng).astype(np.float32))
     return torch.from_numpy(np.stack(out))
-
-
-def alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per round of each variant; within a round they run in turn, the order reversed
-    every other round, so a drift in the machine's speed reaches all of them alike."""
-    names, times = list(variants), {name: [] for name in variants}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def ratio_text(slow: list[float], fast: list[float]) -> str:
-    ratios = [s / f for s, f in zip(slow, fast)]
-    return f"{statistics.median(ratios):5.1f}x ({min(ratios):.1f}-{max(ratios):.1f})"
 
 
 def identical(pts: torch.Tensor, groups: int) -> int:
@@ -115,8 +98,8 @@ def loader_form(pts: torch.Tensor, groups: int, rounds: int) -> None:
     per_s = {k: count / statistics.median(v) for k, v in t.items()}
     print(
         f"  {n:5d} -> {groups:3d} x 32, loader (1 cloud/call): torch {per_s['torch']:7.1f}/s  fast {per_s['fast']:7.1f}/s  "
-        f"{ratio_text(t['torch'], t['fast'])}   [FPS alone {ratio_text(parts['fps torch'], parts['fps fast'])}, "
-        f"kNN alone {ratio_text(parts['knn torch'], parts['knn fast'])}]"
+        f"{ratio(t['torch'], t['fast'], digits=1)}   [FPS alone {ratio(parts['fps torch'], parts['fps fast'], digits=1)}, "
+        f"kNN alone {ratio(parts['knn torch'], parts['knn fast'], digits=1)}]"
     )
 
 
@@ -130,7 +113,7 @@ def batched_form(pts: torch.Tensor, groups: int, rounds: int, threads: int) -> N
     per_s = {k: count / statistics.median(v) for k, v in t.items()}
     print(
         f"  {n:5d} -> {groups:3d} x 32, batched ({count}/call, {threads} thr): torch {per_s['torch']:7.1f}/s  fast {per_s['fast']:7.1f}/s  "
-        f"{ratio_text(t['torch'], t['fast'])}"
+        f"{ratio(t['torch'], t['fast'], digits=1)}"
     )
 
 

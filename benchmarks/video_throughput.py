@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing
 import random
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import av
@@ -41,6 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from build_shards import main as build_shards  # noqa: E402
 
 from modalmae.data.alloc import tune_malloc, tune_worker  # noqa: E402
+from rounds import alternate, forked, ratio, timed  # noqa: E402
 from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
 from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
 from modalmae.data.video import (  # noqa: E402
@@ -63,38 +62,6 @@ def decode_every_frame(data: bytes) -> np.ndarray:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def alternate(variants: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant, called in turn within each round (never back to back)."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(timed(fn))
-    return times
-
-
-def forked(fn) -> float:
-    """``fn()`` in a forked child: malloc settings made there stay there (workers forked from
-    this process inherit whatever mallopt did in it, so the parent stays untouched)."""
-    recv, send = multiprocessing.get_context("fork").Pipe(duplex=False)
-    child = multiprocessing.get_context("fork").Process(target=lambda: send.send(fn()))
-    child.start()
-    value = recv.recv()
-    child.join()
-    return value
-
-
-def ratio(slow: list[float], fast: list[float]) -> str:
-    """Median and range of the per-round ratios slow / fast (how many times faster ``fast`` is)."""
-    r = sorted(a / b for a, b in zip(slow, fast))
-    return f"{statistics.median(r):5.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
-
 
 def windowed_vs_naive(media: Path, rounds: int) -> None:
     print(f"decode 16 frames at stride 4: windowed vs every frame (ms per clip, median of {rounds} alternating rounds; ratio median (range))")
