@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import select
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -91,6 +92,12 @@ def _exit_with(pid: int) -> None:
     threading.Thread(target=wait_then_exit, name="exit-with-build", daemon=True).start()
 
 
+def _loaded_modalmae() -> list[str]:
+    """The modules of this package the build's process has imported (``modalmae.modalities``, and
+    through it torch, for ``build_shards.py``)."""
+    return sorted(name for name in sys.modules if name == "modalmae" or name.startswith("modalmae."))
+
+
 def _ready() -> bool:
     return True
 
@@ -102,9 +109,13 @@ def _pool(workers: int, preload: Sequence[str]) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
     else:
         context = multiprocessing.get_context("forkserver")
-        # Workers fork from a server that has already imported the modality (numpy, FFmpeg, ...):
-        # milliseconds per worker instead of a second. Applies when the server starts, once per process.
-        context.set_forkserver_preload(["__main__", *preload])
+        # Workers fork from a server that has already imported the modality (numpy, FFmpeg, ...)
+        # and the parts of modalmae the build's process has: milliseconds per worker instead of a
+        # second or more. Each worker runs the main script again (as __mp_main__, so that a
+        # prepare defined there can be found), and its imports of modalmae are then already there. ("__main__" alone should do that,
+        # but Python 3.11's forkserver never receives the script's path.) Applies when the server
+        # starts, once per process.
+        context.set_forkserver_preload(["__main__", *_loaded_modalmae(), *preload])
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),))
     try:
         pool.submit(_ready).result()
