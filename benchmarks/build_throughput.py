@@ -17,8 +17,15 @@ only copies bytes); x 1 worker: over the same engine with one worker; check: wor
 file spent preparing (decoding, validating at ``--validate`` depth); writer: share of the
 workers' time spent encoding and writing the tars.
 
-Measured on 2026-11-30, 2 CPU cores (busy with other work: expect less on an idle machine to
-differ in the x-ratios only a little), see the closing note of issue 14 for the figures.
+Measured on 2026-11-30, 2 CPU cores (x 1 worker: median over 3 rounds; the first round of a
+process also starts the forkserver, the range's low end):
+    audio  200 MB WAV   local x2 1.75x (0.56-1.79), ray x2 1.54x; check 0.5 ms/file, writer 31 %
+    video  40 MB        local x2 1.76x (1.40-1.76); check 154 ms/file, writer 0.6 %
+    image  150 MB       local x2 1.80x (1.04-1.87); check 6.2 ms/file, writer 7 %
+    points 20 MB        local x2 1.72x (1.10-1.74); check 79 ms/file, writer 0.7 %
+    mri    60 MB (--input .../mri/mni152 --max-count 2)  local x2 1.62x; check 142 ms/subject, writer 3.6 %
+The writer's work is sha256 and one copy (~1 GB/s): a third of the time beside WAV's nearly free
+check, a few percent beside any real decode.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ def time_tar(files: list[Path], root: Path, out: Path) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", default="audio", choices=sorted(m for m in MODALITIES if MODALITIES[m].builder.find_jobs is None))
+    p.add_argument("--modality", default="audio", choices=sorted(MODALITIES), help="mri: give --input a folder of one subject's sequences (each copy is a subject)")
     p.add_argument("--input", type=Path, help="media to copy (default: ../shared/media/<modality>)")
     p.add_argument("--target-mb", type=float, default=200.0, help="corpus size")
     p.add_argument("--engines", default="local,ray", help="comma-separated: local, ray")
