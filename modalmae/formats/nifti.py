@@ -117,6 +117,21 @@ def load_nifti_header(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: i
     return klass.from_bytes(inflate(data, max(offset, klass.header_class.sizeof_hdr + 4)))
 
 
+def check_float32_voxels(img) -> None:
+    """``float32_voxels``' check without keeping (or, where it can be proved, making) the array:
+    an integer volume whose type's whole range, scaled by scl_slope / scl_inter, stays within
+    float32 has no voxel that could be NaN or inf, so only float volumes and extreme scalings are
+    converted. ValueError as ``float32_voxels`` gives."""
+    dtype = img.get_data_dtype()
+    if dtype.kind in "iub":
+        slope, inter = (float(getattr(img.dataobj, name, default)) for name, default in (("slope", 1.0), ("inter", 0.0)))
+        info = np.iinfo(dtype) if dtype.kind in "iu" else np.iinfo(np.uint8)
+        largest = max(abs(info.min), abs(info.max)) * abs(slope) + abs(inter)  # in float64: exact enough to bound
+        if math.isfinite(slope) and math.isfinite(inter) and largest < 0.5 * float(np.finfo(np.float32).max):
+            return
+    float32_voxels(img)
+
+
 def float32_voxels(img) -> np.ndarray:
     """The voxels as the loader trains on them: scaled by scl_slope / scl_inter and cast to
     float32, where an integer volume with a huge slope, or a float64 one, can overflow to inf;

@@ -48,7 +48,7 @@ import numpy as np
 
 from modalmae.flags import arg, positive_int
 from modalmae.formats.nifti import (
-    GZIP_MAGIC, MAX_BYTES, MAX_VOXELS, VolumeTooLarge, float32_voxels, load_nifti,
+    GZIP_MAGIC, MAX_BYTES, MAX_VOXELS, VolumeTooLarge, check_float32_voxels, load_nifti,
     load_nifti_header,
 )
 from modalmae.formats.schema import MEMBER_NAME
@@ -217,7 +217,7 @@ def describe(data: bytes, *, depth: str = "full", max_voxels: int = MAX_VOXELS, 
     if img.ndim not in (3, 4):
         raise ValueError(f"{img.ndim}-D image: expected a 3-D volume or a 4-D series of volumes")
     if depth == "full":
-        float32_voxels(img)  # decoded in full, as the loader will, to prove every voxel finite
+        check_float32_voxels(img)  # every voxel finite once the loader makes it float32
     affine, shape = ras_grid(img)
     record = {
         "shape": [int(n) for n in img.shape],

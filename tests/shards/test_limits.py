@@ -227,6 +227,27 @@ def test_voxels_are_checked_as_the_loader_will_read_them(tmp_path):
     assert "a/t2.nii.gz: ValueError: 1 voxel(s) are NaN or inf (as float32)" in sample.warning
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64])
+@pytest.mark.parametrize("slope", [1.0, -3.5, 1e30, 1e38])
+def test_the_builders_voxel_check_refuses_exactly_what_the_loader_would(dtype, slope):
+    # check_float32_voxels skips the conversion only where it can prove every voxel finite; it
+    # must refuse exactly the volumes float32_voxels (the loader's) refuses.
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else np.finfo(np.float32)
+    data = np.array([[[0, 1], [int(info.max) if np.dtype(dtype).kind in "iu" else 3.0e38, 2]]], dtype=dtype)
+    image = nib.Nifti1Image(data, np.eye(4), dtype=dtype)
+    image.header.set_slope_inter(slope, 0.0)
+    image = nib.Nifti1Image.from_bytes(image.to_bytes())
+
+    def outcome(check):
+        try:
+            check(image)
+            return None
+        except ValueError as e:
+            return str(e)
+
+    assert outcome(nifti.check_float32_voxels) == outcome(nifti.float32_voxels)
+
+
 def test_nifti2_volumes_are_read(tmp_path):
     t1 = nib.load(ICBM / "t1.nii.gz")
     raw = tmp_path / "raw"
