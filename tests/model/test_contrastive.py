@@ -136,6 +136,9 @@ def _worker(rank, port, out):
                 loss.backward()
                 result[name, bidirectional] = (loss.detach(), a.grad, b.grad)
         torch.save(result, f"{out}/rank{rank}.pt")
+        # Neither leaves while the other may still be talking to it: gloo aborts a process
+        # ("terminate called without an active exception") whose peer closed the connection first.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
