@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
@@ -35,6 +34,7 @@ from modalmae.modalities import model_input
 from modalmae.train.config import TrainConfig, arg, parse_config
 from modalmae.train.downstream import Classifier, SplitFilter, layer_decay_groups, open_checkpoint
 from modalmae.train.loop import train
+from modalmae.train.precision import make_accelerator
 from modalmae.train.recipe import open_shards, output_folder
 
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     head_doc, _, rest = __doc__.partition("\n\n")
     cfg = parse_config(FinetuneConfig, argv, description=head_doc, epilog=rest)
     output_folder(cfg.output)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
 
     checkpoint = open_checkpoint(cfg.checkpoint, modality=cfg.modality, sampling_rate=cfg.sampling_rate)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from modalmae.flags import add_flags, arg
 from modalmae.masking.schedule import MaskRatio
+from modalmae.train.precision import CHOICES as PRECISIONS
 
 # The help of every recipe's --mask-ratio (``published``: the method's value).
 MASK_RATIO_HELP = (
@@ -43,7 +44,8 @@ class TrainConfig:
     weight_decay: float = arg(0.05, "AdamW weight decay (not applied to biases, norms and tokens)")
     clip_grad: float = arg(0.0, "clip the gradient norm to this value (0 = no clipping, as in MAE)")
     max_nonfinite_steps: int = arg(10, "a step whose loss (or clipped gradient norm) is NaN or inf is skipped, without an update, and counted (nonfinite_steps in metrics.jsonl); this many in a row stop the run")
-    mixed_precision: str = arg("no", "autocast precision (bf16 works on recent CPUs and GPUs)", choices=("no", "bf16", "fp16"))
+    mixed_precision: str = arg("auto", "autocast precision: auto (bf16 where the CPU or GPU computes it natively: AVX512-BF16 / AMX / Arm BF16 CPUs, GPUs of compute capability 8.0+; else fp32, or what an accelerate config asks for), no (fp32), bf16, fp16. Weights and optimizer state stay fp32", choices=PRECISIONS)
+    compile: bool = arg(False, "torch.compile the model (inductor); the first steps take longer while it compiles (the time is printed)")
     workers: int = arg(2, "DataLoader worker processes per training process (at most one per shard of that process)")
     shuffle_buffer: int = arg(256, "samples held in each worker's shuffle buffer")
     seed: int = arg(0, "seed for shard order, crops, masks and initialisation")

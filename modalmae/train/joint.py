@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from modalmae.checkpoint import save_pretrained
@@ -44,6 +43,7 @@ from modalmae.model.multimodal import Group, MultiModalMAE
 from modalmae.train.config import MaskRatio, PretrainConfig, arg, parse_config
 from modalmae.train.feed import Corpus
 from modalmae.train.loop import TrainResult, print_outputs, train
+from modalmae.train.precision import make_accelerator
 from modalmae.train.recipe import open_shards, output_folder
 from modalmae.viz import draw_joint
 
@@ -152,7 +152,7 @@ def run_joint_pretraining(config_cls: type, build: Callable[[Any], JointPretrain
         raise SystemExit("error: --teacher: distillation is for single-modality recipes")
     if MaskRatio(cfg.mask_ratio).kind != "constant":
         raise SystemExit(f"error: --mask-ratio {cfg.mask_ratio}: a joint run's budget is one ratio (schedules and per-sample ratios are for single-modality recipes)")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
     job = build(cfg)
     if cfg.masking_across == "dirichlet" and job.model.specific_depth:
@@ -193,7 +193,7 @@ def run_joint_pretraining(config_cls: type, build: Callable[[Any], JointPretrain
                 return {}
             stream = ShardStream(held_out, job.eval_decoder, epochs=1, shuffle_buffer=1, shuffle_shards=False)
             loader = make_loader(stream, batch_size=cfg.batch_size, num_workers=min(cfg.workers, 1))
-            return retrieval(accelerator.unwrap_model(model), loader, paired.contrast, device)
+            return retrieval(accelerator.unwrap_model(model, keep_torch_compile=False), loader, paired.contrast, device)
 
     def save(unwrapped: torch.nn.Module, state: dict, output: Path) -> None:
         save_pretrained(unwrapped, output / "model", extra=job.extra, state=state)

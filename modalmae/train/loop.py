@@ -41,13 +41,14 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, is_compiled_module, set_seed
 from tqdm.auto import tqdm
 
 from modalmae.checkpoint import load_pretrained, save_pretrained, state_digest
@@ -60,6 +61,7 @@ from modalmae.model import MaskedAutoencoder
 from modalmae.model.distill import DistilledMAE
 from modalmae.train.feed import Corpus, Feed, Feeds
 from modalmae.train.metrics import Metrics
+from modalmae.train.precision import adamw
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "trainer_state.json"
@@ -185,11 +187,11 @@ class _Run:
             resolved = {
                 **dataclasses.asdict(cfg), "resolved_lr": self.lr, "resolved_max_steps": self.max_steps,
                 "effective_batch": self.effective_batch, "world_size": world, "loader_workers": self.feed.num_workers,
-                "epoch_samples": epoch_samples,
+                "epoch_samples": epoch_samples, "resolved_precision": accelerator.mixed_precision,
             }
             (self.output / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
-        optimizer = torch.optim.AdamW(groups or param_groups(model, cfg.weight_decay), lr=self.lr, betas=betas)
+        optimizer = adamw(groups or param_groups(model, cfg.weight_decay), lr=self.lr, betas=betas)
         self.min_ratio = cfg.min_lr / self.lr if self.lr else 0.0
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         if resume is not None:
@@ -261,6 +263,13 @@ class _Run:
             nonfinite = nonfinite + (~torch.isfinite(torch.as_tensor(norm))).float().to(nonfinite.device)
         return self.accelerator.reduce(nonfinite, reduction="sum").item() > 0
 
+    def report_compile(self, seconds: list[float]) -> None:
+        """Say what ``--compile`` cost: the first step (tracing and compiling the forward and
+        backward) against the next (compiled code, unless its shapes differ)."""
+        if self.accelerator.is_main_process:
+            then = f", the next {seconds[1]:.2f} s" if len(seconds) > 1 else ""
+            self.bar.write(f"torch.compile: the first step took {seconds[0]:.1f} s (compiling included){then}")
+
     def log_metrics(self, step: int) -> None:
         record = self.metrics.line(
             step, self.lr_used, skipped=self.feed.skipped, nonfinite=self.nonfinite_total, source_counts=self.feed.source_counts,
@@ -304,7 +313,7 @@ class _Run:
         final_step = max(self.start_step, self.max_steps)
         self.save_checkpoint(final_step)
         full_state = accelerator.get_state_dict(self.model)  # gathers FSDP / DeepSpeed shards; a collective
-        unwrapped = accelerator.unwrap_model(self.model)
+        unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)  # pictures run eagerly: no recompiling for no_grad
         if accelerator.is_main_process:
             save(unwrapped, full_state, self.output)
         self.metrics.close()
@@ -369,8 +378,14 @@ def train(
         cfg, accelerator, model, decode, sources=sources, items_per_sample=items_per_sample, groups=groups, betas=betas, corpora=corpora,
     )
     eval_every = getattr(cfg, "eval_every", 0)
+    timing = [] if is_compiled_module(run.model) else None  # seconds of the first steps, compiling included
     for step in range(run.start_step + 1, run.max_steps + 1):
+        start = time.perf_counter()
         run.step(step, loss_fn)
+        if timing is not None and len(timing) < 2:
+            timing.append(time.perf_counter() - start)
+            if len(timing) == 2 or step == run.max_steps:
+                run.report_compile(timing)
         if step % cfg.log_every == 0 or step == run.max_steps:
             run.log_metrics(step)
         if evaluate is not None and ((eval_every and step % eval_every == 0) or step == run.max_steps):

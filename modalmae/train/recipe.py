@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from modalmae.data.shards import ShardSet, resolve_shards
@@ -39,6 +38,7 @@ from modalmae.model import MaskedAutoencoder
 from modalmae.model.distill import DistilledMAE, Distillation, Teacher, default_layer, matching_layer
 from modalmae.train.config import parse_config
 from modalmae.train.loop import pretrain, print_outputs
+from modalmae.train.precision import make_accelerator
 
 
 @dataclass
@@ -97,7 +97,7 @@ def run_pretraining(modality: str, config_cls: type, build: Callable[[Any], Pret
     head, _, rest = doc.partition("\n\n")
     cfg = parse_config(config_cls, argv, description=head, epilog=rest)
     output_folder(cfg.output)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     shards = open_shards(cfg.shards, modality)
     set_seed(cfg.seed)  # the same initial weights on every run and every rank
     job = build(cfg)
