@@ -312,7 +312,8 @@ class _Run:
             self.batch = self.feed.next(self.start_step)
         final_step = max(self.start_step, self.max_steps)
         self.save_checkpoint(final_step)
-        full_state = accelerator.get_state_dict(self.model)  # gathers FSDP / DeepSpeed shards; a collective
+        # Gathers FSDP / DeepSpeed shards (a collective), named as in the uncompiled model.
+        full_state = accelerator.get_state_dict(self.model._orig_mod if is_compiled_module(self.model) else self.model)
         unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)  # pictures run eagerly: no recompiling for no_grad
         if accelerator.is_main_process:
             save(unwrapped, full_state, self.output)
