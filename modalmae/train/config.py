@@ -44,7 +44,7 @@ class TrainConfig:
     weight_decay: float = arg(0.05, "AdamW weight decay (not applied to biases, norms and tokens)")
     clip_grad: float = arg(0.0, "clip the gradient norm to this value (0 = no clipping, as in MAE)")
     max_nonfinite_steps: int = arg(10, "a step whose loss (or clipped gradient norm) is NaN or inf is skipped, without an update, and counted (nonfinite_steps in metrics.jsonl); this many in a row stop the run")
-    mixed_precision: str = arg("auto", "autocast precision: auto (bf16 where the CPU or GPU computes it natively: AVX512-BF16 / AMX / Arm BF16 CPUs, GPUs of compute capability 8.0+; else fp32, or what an accelerate config asks for), no (fp32), bf16, fp16. Weights and optimizer state stay fp32", choices=PRECISIONS)
+    mixed_precision: str = arg("auto", "autocast precision: auto (bf16 where the hardware multiplies bf16 matrices faster than fp32 ones: GPUs of compute capability 8.0+, AMX or Arm BF16 CPUs; else fp32, or what an accelerate config asks for), no (fp32), bf16, fp16. Weights and optimizer state stay fp32", choices=PRECISIONS)
     compile: bool = arg(False, "torch.compile the model (inductor); the first steps take longer while it compiles (the time is printed)")
     workers: int = arg(2, "DataLoader worker processes per training process (at most one per shard of that process)")
     shuffle_buffer: int = arg(256, "samples held in each worker's shuffle buffer")
