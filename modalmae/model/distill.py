@@ -126,9 +126,12 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def features(self, x: Any, ids_keep: Tensor) -> Tensor:
         """Inputs (or the teacher tokenizer's ``Tokens`` of them) and the visible tokens
-        ``ids_keep`` [B, Lk] -> [B, Lk, Dt] float32 output of block ``layer``, prefix tokens left out."""
-        tokens = x if isinstance(x, Tokens) else self.tokenizer(x)
-        feats = self.encoder.encode(tokens, ids_keep)  # [B, prefix + Lk, Dt]: the truncated stack
+        ``ids_keep`` [B, Lk] -> [B, Lk, Dt] float32 output of block ``layer``, prefix tokens left
+        out. From inputs, only the visible tokens are embedded."""
+        if isinstance(x, Tokens):
+            feats = self.encoder.encode(x, ids_keep)  # [B, prefix + Lk, Dt]: the truncated stack
+        else:
+            feats = self.encoder.encode_visible(self.tokenizer.tokens_at(x, ids_keep), ids_keep)
         return feats[:, self.encoder.num_prefix_tokens :].float()
 
 

@@ -5,6 +5,11 @@
   position to predict, every token carrying a decoder-width position; a linear head to patches.
 - ``MaskedAutoencoder``: both, and the loss on masked tokens only.
 
+Work is done only where the method needs it: the tokenizer embeds only the visible tokens and
+cuts out only the targets to predict (``Tokenizer.tokens_at``), and the output keeps the
+predictions and targets at the predicted tokens; their [B, L, P] layout over every token is
+built only when read (``MAEOutput.pred``, ``.target``).
+
 The decoder is handed the positions to predict (``Masks.ids_predict``, all masked tokens by default),
 so a decoder that sees only part of the masked tokens (VideoMAE V2's decoder masking) needs no
 other change. Attention is permutation-equivariant, so the decoder works on the
@@ -15,6 +20,7 @@ attention, which does depend on the layout, is masked by grid coordinates instea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -23,13 +29,8 @@ from modalmae.masking import Masks
 from modalmae.model.config import MAEConfig
 from modalmae.model.loss import weighted_mean
 from modalmae.model.transformer import Transformer, init_weights, window_attention_mask
-from modalmae.tokenizers.base import Tokenizer, Tokens
+from modalmae.tokenizers.base import MaskedTokens, Tokenizer, Tokens, gather_tokens
 from modalmae.tokenizers.positions import grid_coordinates
-
-
-def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
-    """x [B, L, C], ids [B, K] -> [B, K, C]."""
-    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def key_mask(valid: Tensor) -> Tensor:
@@ -68,13 +69,24 @@ class Encoder(nn.Module):
 
     def encode(self, tokens: Tokens, ids_keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
         """Tokens -> [B, prefix + Lk, D] features of the kept tokens ``ids_keep`` [B, Lk] (all
-        when None). Positions are added to the input, or before every block when the tokenizer
-        says so (``pos_every_block``); the CLS token has none. ``keep_valid`` bool [B, Lk]:
-        False for padding slots (per-sample ratios), which no token attends to."""
+        when None). ``keep_valid`` bool [B, Lk]: False for padding slots (per-sample ratios),
+        which no token attends to."""
         x = tokens.embeddings  # [B, L, D]
         pos = tokens.positions.expand(x.shape[0], -1, -1)  # [B, L, D]
         if ids_keep is not None:
             x, pos = gather_tokens(x, ids_keep), gather_tokens(pos, ids_keep)
+        return self._encode(x, pos, keep_valid)
+
+    def encode_visible(self, tokens: MaskedTokens, ids_keep: Tensor, keep_valid: Tensor | None = None) -> Tensor:
+        """``encode`` of the tokens ``ids_keep`` when ``tokens`` (``Tokenizer.tokens_at``) holds
+        only their embeddings: the same features, without embedding the others."""
+        pos = gather_tokens(tokens.positions.expand(ids_keep.shape[0], -1, -1), ids_keep)
+        return self._encode(tokens.embeddings, pos, keep_valid)
+
+    def _encode(self, x: Tensor, pos: Tensor, keep_valid: Tensor | None) -> Tensor:
+        """Embeddings and positions [B, Lk, D] of the tokens to encode -> features. Positions are
+        added to the input, or before every block when the tokenizer says so
+        (``pos_every_block``); the CLS token has none."""
         if self.modality_embed is not None:
             x = x + self.modality_embed
         if not self.tokenizer.pos_every_block:
@@ -142,7 +154,7 @@ class Decoder(nn.Module):
         return [masks[i % 2] for i in range(len(self.transformer.blocks))]
 
     def forward(
-        self, latent: Tensor, tokens: Tokens, *, ids_keep: Tensor, ids_predict: Tensor, num_prefix: int, valid: Tensor | None = None,
+        self, latent: Tensor, tokens: Tokens | MaskedTokens, *, ids_keep: Tensor, ids_predict: Tensor, num_prefix: int, valid: Tensor | None = None,
     ) -> Tensor:
         """latent [B, prefix + Lk, De] -> predictions [B, Lp, P] at ``ids_predict``; ``valid``
         bool [B, Lk + Lp]: False for padding slots (per-sample ratios), never attended to."""
@@ -166,13 +178,53 @@ class Decoder(nn.Module):
         return self.head(x[:, x.shape[1] - ids_predict.shape[1] :])  # not -Lp: Lp may be 0
 
 
+def normalized_targets(tokenizer: Tokenizer, target: Tensor) -> Tensor:
+    """[B, Lp, P] targets normalized with the tokenizer's per-patch statistics (norm-pix loss).
+    Being per patch, they need only the patches predicted; with none (Lp = 0) there is nothing
+    to normalize."""
+    if target.numel() == 0:
+        return target
+    mean, std = tokenizer.target_stats(target)
+    return (target - mean) / std
+
+
 @dataclass
 class MAEOutput:
+    """A forward's loss and what it was computed from.
+
+    Predictions and targets are kept as they were made, one row per predicted slot; ``pred``,
+    ``target`` and ``loss_mask`` lay them out over the L tokens, built when first read (pictures,
+    completions), so a training step allocates no [B, L, P] tensor it does not use."""
+
     loss: Tensor  # scalar
-    pred: Tensor  # [B, L, P] predictions at predicted positions, zeros elsewhere
-    target: Tensor  # [B, L, P] the loss targets (per-patch normalized when norm_pix_loss)
+    pred_tokens: Tensor  # [B, Lp, P] predictions, one per slot of ids_predict
+    target_tokens: Tensor  # [B, Lp, P] their loss targets (per-patch normalized when norm_pix_loss)
+    weight: Tensor  # [B, Lp] 1 = counted in the loss (masked, and of a present modality)
+    # [B, Lp] long: the token of each slot; L (no token) for a slot holding none of this output's
+    # tokens (a joint model's padding, see ``MultiModalMAE``)
+    ids_predict: Tensor
     mask: Tensor  # [B, L] 1 = masked
-    loss_mask: Tensor  # [B, L] 1 = counted in the loss (masked and predicted)
+
+    def dense(self, values: Tensor) -> Tensor:
+        """Per-slot values [B, Lp, ...] -> [B, L, ...] at their tokens, zeros elsewhere."""
+        batch, length = self.mask.shape
+        index = self.ids_predict.view(*self.ids_predict.shape, *(1,) * (values.ndim - 2)).expand_as(values)
+        return values.new_zeros(batch, length + 1, *values.shape[2:]).scatter(1, index, values)[:, :length].contiguous()
+
+    @cached_property
+    def pred(self) -> Tensor:
+        """[B, L, P] the predictions at the predicted tokens, zeros elsewhere."""
+        return self.dense(self.pred_tokens)
+
+    @cached_property
+    def target(self) -> Tensor:
+        """[B, L, P] the loss targets at the predicted tokens, zeros elsewhere."""
+        return self.dense(self.target_tokens)
+
+    @cached_property
+    def loss_mask(self) -> Tensor:
+        """[B, L] 1 = counted in the loss (masked and predicted)."""
+        return self.dense(self.weight)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -189,22 +241,15 @@ class MaskedAutoencoder(nn.Module):
     def forward(self, x: Tensor, masks: Masks) -> MAEOutput:
         """Encode the visible tokens, predict ``masks.ids_predict`` (default: every masked token)."""
         ids_predict = masks.ids_masked if masks.ids_predict is None else masks.ids_predict
-        tokens = self.tokenizer(x)
-        latent = self.encoder.encode(tokens, masks.ids_keep, masks.keep_valid)
+        tokens = self.tokenizer.tokens_at(x, masks.ids_keep, ids_predict)
+        latent = self.encoder.encode_visible(tokens, masks.ids_keep, masks.keep_valid)
         valid = None if not masks.padded else torch.cat([masks.keep_valid, masks.masked_valid], dim=1)
         pred = self.decoder(
             latent, tokens, ids_keep=masks.ids_keep, ids_predict=ids_predict, num_prefix=self.encoder.num_prefix_tokens, valid=valid,
-        )
-        index = ids_predict[..., None].expand(-1, -1, pred.shape[-1])
-        pred_full = torch.zeros_like(tokens.targets, dtype=pred.dtype).scatter(1, index, pred)
-        predicted = torch.zeros_like(masks.mask).scatter(1, ids_predict, 1.0)
-        loss_mask = predicted * masks.mask
-        target = tokens.targets
-        if self.config.norm_pix_loss:
-            mean, std = self.tokenizer.target_stats(target)
-            target = (target - mean) / std
-        # The loss is computed on the predicted tokens only, with the tokenizer's per-token loss
-        # (MSE, Chamfer for point groups), averaged over those that are masked.
-        per_token = self.tokenizer.loss(pred, gather_tokens(target, ids_predict))
-        loss = weighted_mean(per_token, torch.gather(masks.mask, 1, ids_predict))
-        return MAEOutput(loss=loss, pred=pred_full, target=target, mask=masks.mask, loss_mask=loss_mask)
+        )  # [B, Lp, P]
+        target = normalized_targets(self.tokenizer, tokens.targets) if self.config.norm_pix_loss else tokens.targets  # [B, Lp, P]
+        # The tokenizer's per-token loss (MSE, Chamfer for point groups), averaged over the
+        # predicted tokens that are masked.
+        weight = torch.gather(masks.mask, 1, ids_predict)
+        loss = weighted_mean(self.tokenizer.loss(pred, target), weight)
+        return MAEOutput(loss=loss, pred_tokens=pred, target_tokens=target, weight=weight, ids_predict=ids_predict, mask=masks.mask)

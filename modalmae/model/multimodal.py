@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from modalmae.masking import Masks
 from modalmae.model.config import MAEConfig
 from modalmae.model.loss import weighted_mean
-from modalmae.model.mae import Encoder, MAEOutput, gather_tokens, key_mask
+from modalmae.model.mae import Encoder, MAEOutput, gather_tokens, key_mask, normalized_targets
 from modalmae.model.transformer import Transformer, init_weights
-from modalmae.tokenizers.base import Tokenizer, Tokens
+from modalmae.tokenizers.base import MaskedTokens, Tokenizer
 
 
 @dataclass
@@ -138,18 +138,36 @@ class MultiModalMAE(nn.Module):
             return None
         return [(owner_keep[0] == i).nonzero().flatten() for i in range(len(names))]
 
+    @staticmethod
+    def _split(owner_slots: Tensor, count: int) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Slots [B, K] of the joint sequence and the modality (0 .. count - 1) of each one's token
+        -> per modality ``slots`` [B, K_m], the slots holding its tokens in their order, padded
+        to its largest count in the batch, and ``real`` [B, K_m], False for the padding; and
+        ``back`` [B, K], where each slot lies in the modalities' slots concatenated (which joins
+        per-modality tensors into the slots' order again). With per-modality masks
+        (``concat_masks``) every sample has the same slots and there is no padding."""
+        slots, real, back, offset = [], [], torch.zeros_like(owner_slots), 0
+        for i in range(count):
+            mine = owner_slots == i
+            size = int(mine.sum(dim=1).max())
+            order = torch.argsort((~mine).long(), dim=1, stable=True)[:, :size]  # its slots first, in order
+            slots.append(order)
+            real.append(torch.gather(mine, 1, order))
+            back = torch.where(mine, offset + mine.long().cumsum(dim=1) - 1, back)
+            offset += size
+        return slots, real, back
+
     # ------------------------------------------------------------------------- encoder
 
-    def _embed(self, names: list[str], tokens: dict[str, Tokens]) -> tuple[Tensor, Tensor | None]:
-        """Joint input tokens [B, L, D] (embedding + modality embedding + positions unless added
-        per block) and the positions added before every block ([B, L, D], zero for modalities
-        that add them once), or None when no tokenizer adds them per block."""
+    def _embed(self, names: list[str], embeddings: list[Tensor], positions: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Per modality, the embeddings and positions [B, K_m, D] of some of its tokens -> their
+        input tokens, concatenated [B, sum K_m, D] (embedding + modality embedding + positions
+        unless added per block), and the positions added before every block (zero for
+        modalities that add them once), or None when no tokenizer adds them per block."""
         xs, per_block = [], []
         every = any(self.tokenizers[m].pos_every_block for m in names)
-        for m in names:
-            t = tokens[m]
-            pos = t.positions.expand(t.embeddings.shape[0], -1, -1)
-            x = t.embeddings + self.modality_embed[m]
+        for m, embedding, pos in zip(names, embeddings, positions):
+            x = embedding + self.modality_embed[m]
             if self.tokenizers[m].pos_every_block:
                 per_block.append(pos)
             else:
@@ -159,12 +177,10 @@ class MultiModalMAE(nn.Module):
             xs.append(x)
         return torch.cat(xs, dim=1), (torch.cat(per_block, dim=1) if every else None)
 
-    def _encode(self, group: Group, names: list[str], tokens: dict[str, Tokens], valid: Tensor | None, owner: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """-> (latent [B, Lk, D] of the visible tokens, pooled {modality: [B, D]} when asked)."""
+    def _encode(self, group: Group, names: list[str], x: Tensor, pos: Tensor | None, valid: Tensor | None, owner: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The input tokens and per-block positions [B, Lk, D] (``_embed``) of the visible tokens
+        -> (their latent [B, Lk, D], pooled {modality: [B, D]} when asked)."""
         ids_keep = group.masks.ids_keep
-        x, pos = self._embed(names, tokens)
-        x = gather_tokens(x, ids_keep)  # [B, Lk, D]
-        pos = None if pos is None else gather_tokens(pos, ids_keep)
         owner_keep = owner[ids_keep]  # [B, Lk]
         columns = self._columns(owner_keep, names) if self.specific_depth or group.pooled else None
         if self.specific_depth:
@@ -194,7 +210,7 @@ class MultiModalMAE(nn.Module):
 
     # ------------------------------------------------------------------------- decoder
 
-    def _decode(self, names: list[str], tokens: dict[str, Tokens], latent: Tensor, masks: Masks, ids_predict: Tensor, valid: Tensor | None) -> Tensor:
+    def _decode(self, names: list[str], tokens: dict[str, MaskedTokens], latent: Tensor, masks: Masks, ids_predict: Tensor, valid: Tensor | None) -> Tensor:
         """-> decoder features [B, Lp, Dd] at ``ids_predict``."""
         once, per_block = [], []
         every = any(self.tokenizers[m].pos_every_block for m in names)
@@ -220,45 +236,51 @@ class MultiModalMAE(nn.Module):
 
     def _group(self, group: Group) -> tuple[Tensor, dict[str, Tensor], dict[str, MAEOutput], dict[str, Tensor]]:
         names = self.order(group.inputs)
-        tokens = {m: self.tokenizers[m](group.inputs[m]) for m in names}
         batch, device = group.masks.mask.shape[0], group.masks.mask.device
         lengths = self.lengths(names)
         if group.masks.mask.shape[1] != sum(lengths):
             raise ValueError(f"masks over {group.masks.mask.shape[1]} tokens for {' + '.join(names)} = {sum(lengths)} tokens")
+        starts = [sum(lengths[:i]) for i in range(len(names))]
         valid = self._valid(names, lengths, group.present, batch, device)
         owner = self._owner(names, device)
-        latent, pooled = self._encode(group, names, tokens, valid, owner)
+        ids_keep = group.masks.ids_keep
         ids_predict = group.masks.ids_masked if group.masks.ids_predict is None else group.masks.ids_predict
+        # Each tokenizer embeds only its visible tokens and cuts out only the targets of its
+        # predicted ones, at ids within its modality (``local``; padding slots point at any of its
+        # tokens and are never used).
+        keep_slots, _, back = self._split(owner[ids_keep], len(names))
+        predict_slots, predict_real, _ = self._split(owner[ids_predict], len(names))
+
+        def local(ids: Tensor, slots: Tensor, i: int) -> Tensor:
+            return (torch.gather(ids, 1, slots) - starts[i]).clamp(0, lengths[i] - 1)
+
+        keep = [local(ids_keep, keep_slots[i], i) for i in range(len(names))]
+        predict = [local(ids_predict, predict_slots[i], i) for i in range(len(names))]
+        tokens = {m: self.tokenizers[m].tokens_at(group.inputs[m], keep[i], predict[i]) for i, m in enumerate(names)}
+        x, pos = self._embed(
+            names, [tokens[m].embeddings for m in names],
+            [gather_tokens(tokens[m].positions.expand(batch, -1, -1), keep[i]) for i, m in enumerate(names)],
+        )
+        x, pos = gather_tokens(x, back), (None if pos is None else gather_tokens(pos, back))  # [B, Lk, D] in ids_keep's order
+        latent, pooled = self._encode(group, names, x, pos, valid, owner)
         h = self._decode(names, tokens, latent, group.masks, ids_predict, valid)  # [B, Lp, Dd]
         counted = torch.gather(group.masks.mask, 1, ids_predict)  # [B, Lp]
         if valid is not None:
             counted = counted * torch.gather(valid, 1, ids_predict)
-        owner_predict = owner[ids_predict]  # [B, Lp]
-        columns = self._columns(owner_predict, names)
-        loss, stats, outputs, start = latent.new_zeros(()), {}, {}, 0
-        for i, (m, n) in enumerate(zip(names, lengths)):
-            tokenizer = self.tokenizers[m]
-            if columns is not None:  # per-modality masks: each head on its own modality's columns
-                h_m, ids_m, weight = h[:, columns[i]], ids_predict[:, columns[i]], counted[:, columns[i]]
-            else:  # a sample's share of each modality varies: every head on every token, its own counted
-                h_m, ids_m, weight = h, ids_predict, counted * (owner_predict == i)
-            pred = self.heads[m](h_m)  # [B, Lp_m, P_m]
-            target = tokens[m].targets  # [B, L_m, P_m]
-            if self.norm_pix[m]:
-                mean, std = tokenizer.target_stats(target)
-                target = (target - mean) / std
-            local = (ids_m - start).clamp(0, n - 1)
-            per_token = tokenizer.loss(pred, gather_tokens(target, local))  # [B, Lp_m]
+        loss, stats, outputs = latent.new_zeros(()), {}, {}
+        for i, (m, start, n) in enumerate(zip(names, starts, lengths)):
+            # Each head on its own modality's predicted slots.
+            tokenizer, slots, real = self.tokenizers[m], predict_slots[i], predict_real[i]
+            pred = self.heads[m](gather_tokens(h, slots))  # [B, Lp_m, P_m]
+            weight = torch.gather(counted, 1, slots) * real
+            target = normalized_targets(tokenizer, tokens[m].targets) if self.norm_pix[m] else tokens[m].targets  # [B, Lp_m, P_m]
+            per_token = tokenizer.loss(pred, target)  # [B, Lp_m]
             loss = loss + self.loss_weights[m] * weighted_mean(per_token, weight)
             stats[m] = torch.stack([(per_token * weight).sum(), weight.sum()]).detach()
-            index = ids_m[..., None].expand(-1, -1, pred.shape[-1])
-            scattered = pred.new_zeros(batch, sum(lengths), pred.shape[-1]).scatter(1, index, pred)[:, start : start + n]
-            loss_mask = torch.zeros_like(group.masks.mask).scatter(1, ids_m, weight)[:, start : start + n]
             outputs[m] = MAEOutput(
-                loss=weighted_mean(per_token, weight).detach(), pred=scattered, target=target,
-                mask=group.masks.mask[:, start : start + n], loss_mask=loss_mask,
+                loss=weighted_mean(per_token, weight).detach(), pred_tokens=pred, target_tokens=target, weight=weight,
+                ids_predict=torch.where(real, predict[i], n), mask=group.masks.mask[:, start : start + n],
             )
-            start += n
         return loss, stats, outputs, pooled
 
     def pooled(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
@@ -266,7 +288,8 @@ class MultiModalMAE(nn.Module):
         then the shared ones) and averaged: the features ``encoder_for(m).pooled`` gives."""
         features = {}
         for m in self.order(inputs):
-            x, pos = self._embed([m], {m: self.tokenizers[m](inputs[m])})
+            tokens = self.tokenizers[m](inputs[m])
+            x, pos = self._embed([m], [tokens.embeddings], [tokens.positions.expand(tokens.embeddings.shape[0], -1, -1)])
             x = self.specific[m](x, pos=pos) if self.specific_depth else x
             features[m] = self.shared(x, pos=pos).mean(dim=1)
         return features

@@ -19,7 +19,7 @@ from modalmae.model.mae import MAEOutput, MaskedAutoencoder
 
 def per_sequence_sums(out: MAEOutput, num_sequences: int) -> Tensor:
     """[S, 2]: per sequence, the summed MSE of its masked (loss) tokens and how many there are."""
-    per_token = mse_per_token(out.pred, out.target) * out.loss_mask  # [B, L]
+    per_token = out.dense(mse_per_token(out.pred_tokens, out.target_tokens) * out.weight)  # [B, L]
     sums = per_token.view(per_token.shape[0], num_sequences, -1).sum(dim=(0, 2))
     counts = out.loss_mask.view(out.loss_mask.shape[0], num_sequences, -1).sum(dim=(0, 2))
     return torch.stack([sums, counts], dim=1)
@@ -32,7 +32,7 @@ def sequence_balanced_loss(out: MAEOutput, num_sequences: int) -> tuple[Tensor, 
     sums, counts = stats[:, 0], stats[:, 1]
     has = counts > 0
     per_sequence = sums / counts.clamp(min=1.0)
-    loss = per_sequence[has].mean() if has.any() else out.pred.sum() * 0.0
+    loss = per_sequence[has].mean() if has.any() else out.pred_tokens.sum() * 0.0
     return loss, stats.detach()
 
 

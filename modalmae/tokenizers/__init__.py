@@ -1,7 +1,7 @@
 """Tokenizers: one modality in, tokens out. Each is usable on its own; ``base.py`` states the
 contract (``Tokenizer``) they all keep."""
 
-from modalmae.tokenizers.base import Tokenizer, TokenizerBase, Tokens
+from modalmae.tokenizers.base import MaskedTokens, Tokenizer, TokenizerBase, Tokens
 from modalmae.tokenizers.fbank import AudioFrontend, kaldi_fbank, resample
 from modalmae.tokenizers.image import ImagePatches
 from modalmae.tokenizers.points import PointGroups, group_points
@@ -9,4 +9,4 @@ from modalmae.tokenizers.spectrogram import SpectrogramPatches
 from modalmae.tokenizers.video import VideoTubes
 from modalmae.tokenizers.volume import VolumePatches
 
-__all__ = ["Tokenizer", "TokenizerBase", "Tokens", "SpectrogramPatches", "VideoTubes", "PointGroups", "group_points", "VolumePatches", "ImagePatches", "AudioFrontend", "kaldi_fbank", "resample"]
+__all__ = ["Tokenizer", "TokenizerBase", "Tokens", "MaskedTokens", "SpectrogramPatches", "VideoTubes", "PointGroups", "group_points", "VolumePatches", "ImagePatches", "AudioFrontend", "kaldi_fbank", "resample"]

@@ -3,7 +3,9 @@
 A [B, C, H, W] image, normalized with ImageNet's mean and std (``modalmae.data.image``), is cut
 into (H / p) x (W / p) patches (224 x 224 in 16 x 16 patches: 14 x 14 = 196 tokens), row-major,
 each embedded by a p x p stride-p convolution (MAE's ``PatchEmbed``; initialised xavier-uniform
-on its flattened view, as MAE does), with MAE's fixed 2-D sin-cos positions.
+on its flattened view, as MAE does), with MAE's fixed 2-D sin-cos positions. ``tokens_at``
+embeds only the patches asked for with the same weights, the convolution applied as the linear
+map it is on each patch flattened in its kernel's (channel, row, column) order.
 
 Targets are the patches of the normalized input, flattened per patch as (row, column, channel)
 like MAE's ``patchify`` (``nchpwq -> nhwpqc``); norm-pix normalizes each by its own mean and
@@ -13,10 +15,11 @@ for pictures.
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, TokenizerBase, Tokens
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, MaskedTokens, TokenizerBase, Tokens, patches_at
 from modalmae.tokenizers.positions import FixedPositions, sincos_grid
 
 
@@ -81,6 +84,19 @@ class ImagePatches(TokenizerBase):
         self._check(images)
         embeddings = rearrange(self.proj(images), "b d h w -> b (h w) d")  # [B, L, D]
         return Tokens(embeddings=embeddings, positions=self.positions(), targets=self.patchify(images))
+
+    def tokens_at(self, images: Tensor, ids_keep: Tensor, ids_predict: Tensor | None = None) -> MaskedTokens:
+        """``self(images)`` at the given patches, computing only those (see ``Tokenizer.tokens_at``)."""
+        self._check(images)
+        p = self.patch_size
+        # A view [B, h, w, C, p, p]: each patch laid out like the convolution's kernel.
+        patches = rearrange(images, "b c (h p) (w q) -> b h w c p q", p=p, q=p)
+        visible = patches_at(patches, self.grid, ids_keep).flatten(2)  # [B, Lk, C * p * p]
+        embeddings = F.linear(visible, self.proj.weight.flatten(1), self.proj.bias)
+        targets = None
+        if ids_predict is not None:
+            targets = rearrange(patches_at(patches, self.grid, ids_predict), "b l c p q -> b l (p q c)")  # as ``patchify``
+        return MaskedTokens(embeddings=embeddings, positions=self.positions(), targets=targets)
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return FixedPositions(sincos_grid(self.grid, dim))

@@ -5,6 +5,7 @@ is cut into (T / 16) x (F / 16) = 64 x 8 = 512 patches, time-major as in Audio-M
 ``patchify`` (``nchpwq -> nhwpqc``), each projected to ``embed_dim`` by a linear layer (the same
 map as Audio-MAE's 16x16 stride-16 convolution, flattened), with fixed 2-D sin-cos positions.
 Targets are the raw patches; norm-pix normalizes each by its own mean and ``sqrt(var + 1e-6)``.
+``tokens_at`` cuts out and embeds only the patches asked for.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import TokenizerBase, Tokens
+from modalmae.tokenizers.base import MaskedTokens, TokenizerBase, Tokens, patches_at
 from modalmae.tokenizers.positions import FixedPositions, sincos_grid
 
 
@@ -51,8 +52,8 @@ class SpectrogramPatches(TokenizerBase):
             "patch_size": list(self.patch_size),
         }
 
-    def patchify(self, spec: Tensor) -> Tensor:
-        """[B, T, F] (or [B, 1, T, F]) -> [B, L, pt * pf]."""
+    def _checked(self, spec: Tensor) -> Tensor:
+        """[B, T, F] (or [B, 1, T, F]) -> [B, T, F], or ValueError."""
         if spec.ndim == 4:
             spec = spec[:, 0]
         if spec.shape[1:] != (self.num_frames, self.num_mel_bins):
@@ -60,8 +61,12 @@ class SpectrogramPatches(TokenizerBase):
                 f"expected spectrograms of {self.num_frames} frames x {self.num_mel_bins} bins, "
                 f"got {tuple(spec.shape[1:])}"
             )
+        return spec
+
+    def patchify(self, spec: Tensor) -> Tensor:
+        """[B, T, F] (or [B, 1, T, F]) -> [B, L, pt * pf]."""
         pt, pf = self.patch_size
-        return rearrange(spec, "b (h p) (w q) -> b (h w) (p q)", p=pt, q=pf)
+        return rearrange(self._checked(spec), "b (h p) (w q) -> b (h w) (p q)", p=pt, q=pf)
 
     def unpatchify(self, patches: Tensor, coords: Tensor | None = None) -> Tensor:  # noqa: ARG002 - grid patches need no coordinates
         """[B, L, pt * pf] -> [B, T, F]."""
@@ -72,6 +77,14 @@ class SpectrogramPatches(TokenizerBase):
     def forward(self, spec: Tensor) -> Tokens:
         patches = self.patchify(spec)  # [B, L, P]
         return Tokens(embeddings=self.proj(patches), positions=self.positions(), targets=patches)
+
+    def tokens_at(self, spec: Tensor, ids_keep: Tensor, ids_predict: Tensor | None = None) -> MaskedTokens:
+        """``self(spec)`` at the given patches, computing only those (see ``Tokenizer.tokens_at``)."""
+        pt, pf = self.patch_size
+        patches = rearrange(self._checked(spec), "b (h p) (w q) -> b h w p q", p=pt, q=pf)  # a view
+        embeddings = self.proj(patches_at(patches, self.grid, ids_keep).flatten(2))
+        targets = None if ids_predict is None else patches_at(patches, self.grid, ids_predict).flatten(2)
+        return MaskedTokens(embeddings=embeddings, positions=self.positions(), targets=targets)
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return FixedPositions(sincos_grid(self.grid, dim))

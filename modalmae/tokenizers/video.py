@@ -3,7 +3,10 @@
 A [B, C, T, H, W] clip, normalized with ImageNet's mean and std, is cut into tubes of
 ``tubelet_size`` frames x ``patch_size`` x ``patch_size`` pixels (2 x 16 x 16: 16 x 224 x 224
 gives 8 x 14 x 14 = 1568 tokens), embedded by a 3-D convolution with the tube as kernel and
-stride, plus VideoMAE's fixed 1-D sinusoid table over the flattened (t, h, w) order.
+stride, plus VideoMAE's fixed 1-D sinusoid table over the flattened (t, h, w) order. The
+convolution is a linear map of each tube on its own, so ``tokens_at`` embeds only the tubes
+asked for with the same weights, as a linear layer on the tubes flattened in its kernel's
+(c, t, h, w) order.
 
 Targets are the tubes in pixel space (the normalization undone), flattened as
 ``(t, h, w, c)`` per tube like VideoMAE, and normalized per tube *and channel* when
@@ -13,10 +16,11 @@ differs from MAE's per-patch ``sqrt(var + 1e-6)``).
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, TokenizerBase, Tokens
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, MaskedTokens, TokenizerBase, Tokens, patches_at
 from modalmae.tokenizers.positions import FixedPositions, sinusoid_table
 
 
@@ -91,6 +95,20 @@ class VideoTubes(TokenizerBase):
         self._check(video)
         embeddings = rearrange(self.proj(video), "b d t h w -> b (t h w) d")
         return Tokens(embeddings=embeddings, positions=self.positions(), targets=self.patchify(video))
+
+    def tokens_at(self, video: Tensor, ids_keep: Tensor, ids_predict: Tensor | None = None) -> MaskedTokens:
+        """``self(video)`` at the given tubes, computing only those (see ``Tokenizer.tokens_at``)."""
+        self._check(video)
+        ts, p = self.tubelet_size, self.patch_size
+        # A view [B, t, h, w, C, ts, p, p]: each tube laid out like the convolution's kernel.
+        tubes = rearrange(video, "b c (t p0) (h p1) (w p2) -> b t h w c p0 p1 p2", p0=ts, p1=p, p2=p)
+        visible = patches_at(tubes, self.grid, ids_keep).flatten(2)  # [B, Lk, C * ts * p * p]
+        embeddings = F.linear(visible, self.proj.weight.flatten(1), self.proj.bias)
+        targets = None
+        if ids_predict is not None:
+            pixels = patches_at(tubes, self.grid, ids_predict) * self._std.view(-1, 1, 1, 1) + self._mean.view(-1, 1, 1, 1)
+            targets = rearrange(pixels, "b l c p0 p1 p2 -> b l (p0 p1 p2 c)")  # as ``patchify`` orders them
+        return MaskedTokens(embeddings=embeddings, positions=self.positions(), targets=targets)
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return FixedPositions(sinusoid_table(self.num_tokens, dim))

@@ -7,7 +7,8 @@ input channel), plus a learned embedding of the sequence and fixed 3-D sin-cos p
 by all sequences. Tokens are concatenated sequence by sequence: L = S x 512, token
 ``s * per_sequence + i`` is patch i of sequence s (patches in (x, y, z) row-major order).
 Inputs may be the tensor or ``{"volume": [B, S, X, Y, Z], "present": bool [B, S]}``; which
-sequences are present only matters to the masking and the loss.
+sequences are present only matters to the masking and the loss. ``tokens_at`` cuts out and
+embeds only the patches asked for, each with its own sequence's embedding.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import TokenizerBase, Tokens
+from modalmae.tokenizers.base import MaskedTokens, TokenizerBase, Tokens, patches_at
 from modalmae.tokenizers.positions import sincos_grid
 
 
@@ -68,13 +69,17 @@ class VolumePatches(TokenizerBase):
     def config(self) -> dict:
         return {"embed_dim": self.embed_dim, "sequences": self.sequences, "volume_size": list(self.volume_size), "patch_size": self.patch_size}
 
-    def patchify(self, x: Tensor | dict) -> Tensor:
-        """[B, S, X, Y, Z] -> [B, S * G, p^3]."""
+    def _checked(self, x: Tensor | dict) -> Tensor:
+        """The volume [B, S, X, Y, Z] of ``x``, or ValueError."""
         volume = volume_of(x)
         if volume.shape[1:] != (len(self.sequences), *self.volume_size):
             raise ValueError(f"expected volumes [B, {len(self.sequences)}, {', '.join(map(str, self.volume_size))}], got {list(volume.shape)}")
+        return volume
+
+    def patchify(self, x: Tensor | dict) -> Tensor:
+        """[B, S, X, Y, Z] -> [B, S * G, p^3]."""
         p = self.patch_size
-        return rearrange(volume, "b s (x p) (y q) (z r) -> b (s x y z) (p q r)", p=p, q=p, r=p)
+        return rearrange(self._checked(x), "b s (x p) (y q) (z r) -> b (s x y z) (p q r)", p=p, q=p, r=p)
 
     def unpatchify(self, patches: Tensor, coords: Tensor | None = None) -> Tensor:  # noqa: ARG002 - grid patches need no coordinates
         """[B, S * G, p^3] -> [B, S, X, Y, Z]."""
@@ -87,6 +92,23 @@ class VolumePatches(TokenizerBase):
         per_sequence = patches.split(self.tokens_per_sequence, dim=1)
         embeddings = torch.cat([proj(chunk) for proj, chunk in zip(self.proj, per_sequence)], dim=1)  # [B, L, D]
         return Tokens(embeddings=embeddings, positions=self.positions(), targets=patches)
+
+    def tokens_at(self, x: Tensor | dict, ids_keep: Tensor, ids_predict: Tensor | None = None) -> MaskedTokens:
+        """``self(x)`` at the given patches, computing only those (see ``Tokenizer.tokens_at``).
+        Each sequence's projection runs on the visible patches of that sequence, whatever
+        their number in each sample (a Dirichlet split gives every sample its own)."""
+        p = self.patch_size
+        patches = rearrange(self._checked(x), "b s (x p) (y q) (z r) -> b s x y z p q r", p=p, q=p, r=p)  # a view
+        grid = (len(self.sequences), *self.sequence_grid)
+        visible = patches_at(patches, grid, ids_keep).flatten(0, 1).flatten(1)  # [B * Lk, P]
+        # Group the visible patches by sequence, embed each group, and put them back in order.
+        sequence = (ids_keep // self.tokens_per_sequence).flatten()  # [B * Lk]
+        order = sequence.argsort(stable=True)
+        groups = visible[order].split(torch.bincount(sequence, minlength=len(self.proj)).tolist())
+        embedded = torch.cat([proj(group) for proj, group in zip(self.proj, groups)])  # [B * Lk, D] in ``order``
+        embeddings = embedded[order.argsort()].view(*ids_keep.shape, -1)
+        targets = None if ids_predict is None else patches_at(patches, grid, ids_predict).flatten(2)
+        return MaskedTokens(embeddings=embeddings, positions=self.positions(), targets=targets)
 
     def decoder_positions(self, dim: int) -> nn.Module:
         return SequencePositions(self.sequence_grid, len(self.sequences), dim)

@@ -1,6 +1,6 @@
 """Tokenizer round trips over generated shapes: ``unpatchify(patchify(x))`` gives ``x`` back
-(VideoTubes: in pixel space), patches are ``[B, num_tokens, patch_dim]``, and every token is
-the block of the input its index names."""
+(VideoTubes: in pixel space), patches are ``[B, num_tokens, patch_dim]``, every token is the
+block of the input its index names, and ``tokens_at`` gives the same tokens at any ids."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from modalmae.tokenizers import (
     VolumePatches,
     group_points,
 )
+from modalmae.tokenizers.base import gather_tokens
 
 from ._support import examples
 
@@ -33,6 +34,11 @@ def check_tokens(tokenizer, x, patches, batch: int) -> None:
     assert tokens.embeddings.shape == (batch, tokenizer.num_tokens, tokenizer.embed_dim)
     assert tokens.positions.shape[1:] == (tokenizer.num_tokens, tokenizer.embed_dim)
     assert torch.equal(tokens.targets, patches)
+    # tokens_at: the full tokenization gathered at ids in any order, repeats included
+    ids = torch.randint(0, tokenizer.num_tokens, (batch, 5), generator=gen(tokenizer.num_tokens))
+    masked = tokenizer.tokens_at(x, ids[:, :2], ids[:, 2:])
+    torch.testing.assert_close(masked.embeddings, gather_tokens(tokens.embeddings, ids[:, :2]), atol=1e-5, rtol=1e-5)
+    assert torch.equal(masked.targets, gather_tokens(patches, ids[:, 2:]))
 
 
 @examples(3)
