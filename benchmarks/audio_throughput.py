@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "pipelines"))
 
 from build_shards import main as build_shards  # noqa: E402
 
-from modalmae.data.alloc import tune_malloc, tune_worker  # noqa: E402
+from modalmae.data.alloc import tune_malloc  # noqa: E402
 from rounds import forked, ratio  # noqa: E402
 from modalmae.data.audio import AudioDecoder  # noqa: E402
 from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
@@ -72,8 +72,8 @@ def loader_rate(shards: Path, frontend: AudioFrontend, *, workers: int, batches:
     worker start-up and fill the prefetch queue, are not timed)."""
     stream = ShardStream(resolve_shards(shards), AudioDecoder(frontend), shuffle_buffer=16)
     loader = make_loader(stream, batch_size=batch_size, num_workers=workers)
-    if tuned:
-        loader.worker_init_fn = tune_worker  # the hook make_loader is to pass
+    if not tuned:
+        loader.worker_init_fn = None  # make_loader's workers tune malloc (tune_worker); set before they start
     it = iter(loader)
     for _ in range(workers):
         next(it)

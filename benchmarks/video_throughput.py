@@ -1,6 +1,6 @@
 """Video path throughput. Prints figures; asserts nothing.
 
-    .venv/bin/python benchmarks/video_throughput.py [--media DIR] [--skip-train]
+    .venv/bin/python benchmarks/video_throughput.py [--media DIR] [--skip-loader]
 
 1. Windowed decoding (seek to the keyframe before the clip, decode its span) against the naive
    route (decode every frame, then pick 16), per sample video; target >= 3x on 10 s clips.
@@ -10,11 +10,10 @@
 3. The loader (ShardStream + DataLoader, 1 and 2 workers, with and without modalmae.data.alloc's
    malloc thresholds in the workers) against the bare decode + crop of the same clips in this
    process under the same thresholds; target within ~10 % for one worker.
-4. Training steps of the tiny and base models with and without VideoMAE V2 decoder masking,
-   next to transformers' VideoMAEForPreTraining at the same config when it is installed;
-   target: our base step with decoder masking >= 1.3x transformers'.
 Every comparison alternates its variants in rounds and prints the median of the per-round ratios
 with their range (min-max): this machine's speed drifts, so only side-by-side ratios are fair.
+Training-step timings (ours against transformers' VideoMAEForPreTraining) are in
+step_vs_reference.py.
 """
 
 from __future__ import annotations
@@ -35,14 +34,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "pipelines"))
 
-import torch.nn.functional as F  # noqa: E402
-from build_shards import main as build_shards  # noqa: E402
+import torch.nn.functional as F
+from build_shards import main as build_shards
+from rounds import alternate, forked, ratio, timed
 
-from modalmae.data.alloc import tune_malloc, tune_worker  # noqa: E402
-from rounds import alternate, forked, ratio, timed  # noqa: E402
-from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
-from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
-from modalmae.data.video import (  # noqa: E402
+from modalmae.data.alloc import tune_malloc
+from modalmae.data.shards import iter_shard, resolve_shards
+from modalmae.data.stream import ShardStream, make_loader
+from modalmae.data.video import (
     VideoDecoder,
     clip_indices,
     decode_pyav,
@@ -50,10 +49,7 @@ from modalmae.data.video import (  # noqa: E402
     multiscale_crop_box,
     probe_pyav,
 )
-from modalmae.masking import running_cell_predict, tube_masking  # noqa: E402
-from modalmae.model import VIDEOMAE_DECODERS, MaskedAutoencoder, mae_base, mae_tiny  # noqa: E402
-from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from modalmae.tokenizers.video import VideoTubes  # noqa: E402
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 def decode_every_frame(data: bytes) -> np.ndarray:
@@ -133,8 +129,8 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
 
     def loader(workers: int, tuned: bool) -> float:
         dl = make_loader(ShardStream(shards, decode, shuffle_buffer=4), batch_size=batch_size, num_workers=workers)
-        if tuned:
-            dl.worker_init_fn = tune_worker  # what make_loader is to pass; set before the workers start
+        if not tuned:
+            dl.worker_init_fn = None  # make_loader's workers tune malloc (tune_worker); set before they start
         it = iter(dl)
         for _ in range(workers):
             next(it)  # start-up and the first prefetch are not timed
@@ -164,75 +160,6 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
     print(f"  2 workers vs 1 worker (tuned):                 {ratio(secs['loader, 1 worker, tuned malloc'], secs['loader, 2 workers, tuned malloc'])}")
 
 
-def video_config(size: str):
-    return {"tiny": mae_tiny, "base": mae_base}[size](**VIDEOMAE_DECODERS.get(size, {}))
-
-
-def ours_step(size: str, *, batch: int, decoder_mask: float):
-    cfg = video_config(size)
-    model = MaskedAutoencoder(VideoTubes(embed_dim=cfg.encoder_dim), cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, 16, 224, 224)
-    g = torch.Generator().manual_seed(0)
-
-    def step():
-        masks = tube_masking(batch, model.tokenizer.grid, 0.9, generator=g)
-        if decoder_mask:
-            masks = masks.with_decoder_masking(running_cell_predict(masks, model.tokenizer.grid, decoder_mask, generator=g))
-        model(x, masks).loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-    return step
-
-
-def transformers_step(size: str, *, batch: int):
-    import transformers
-
-    cfg = video_config(size)
-    config = transformers.VideoMAEConfig(
-        hidden_size=cfg.encoder_dim, num_hidden_layers=cfg.encoder_depth, num_attention_heads=cfg.encoder_heads,
-        intermediate_size=4 * cfg.encoder_dim, decoder_hidden_size=cfg.decoder_dim, decoder_num_hidden_layers=cfg.decoder_depth,
-        decoder_num_attention_heads=cfg.decoder_heads, decoder_intermediate_size=4 * cfg.decoder_dim, use_mean_pooling=False,
-        attn_implementation="sdpa",
-    )
-    model = transformers.VideoMAEForPreTraining(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 16, 3, 224, 224)
-    g = torch.Generator().manual_seed(0)
-
-    def step():
-        masks = tube_masking(batch, (8, 14, 14), 0.9, generator=g)
-        model(x, bool_masked_pos=masks.mask.bool()).loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-    return step
-
-
-def train_steps(rounds: int) -> None:
-    torch.set_num_threads(2)
-    try:
-        import transformers  # noqa: F401
-
-        have_reference = True
-    except ImportError:
-        have_reference = False
-    print("training step, 16 x 224 x 224, tube masking 0.9, fp32, 2 threads (clips/s, median of rounds)")
-    for size, batch in (("tiny", 4), ("base", 2)):
-        variants = {"ours": ours_step(size, batch=batch, decoder_mask=0.0), "ours + V2 decoder masking 0.5": ours_step(size, batch=batch, decoder_mask=0.5)}
-        if have_reference:
-            variants["transformers VideoMAEForPreTraining"] = transformers_step(size, batch=batch)
-        for step in variants.values():
-            step()  # warm-up
-        times = alternate(variants, rounds)
-        for name, t in times.items():
-            vs = ""
-            if have_reference and not name.startswith("transformers"):
-                vs = f"  ({ratio(times['transformers VideoMAEForPreTraining'], t)} transformers)"
-            print(f"  {size:4s} batch {batch}  {name:36s} {batch / statistics.median(t):6.2f} clips/s{vs}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media" / "video")
@@ -241,7 +168,6 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=224)
-    parser.add_argument("--skip-train", action="store_true", help="only the data figures")
     parser.add_argument("--skip-loader", action="store_true", help="skip the loader figures")
     args = parser.parse_args()
     if not args.media.is_dir():
@@ -251,8 +177,6 @@ def main() -> None:
     if not args.skip_loader:
         with tempfile.TemporaryDirectory() as tmp:
             loader_vs_bare(args.media, Path(tmp), copies=args.copies, rounds=args.rounds, batches=args.batches, batch_size=args.batch_size, crop=args.crop)
-    if not args.skip_train:
-        train_steps(args.rounds)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import io
 import itertools
 import json
+import platform
 import random
 import tarfile
 
@@ -274,3 +275,30 @@ def test_positions_keep_only_the_runs_that_still_bear_on_what_is_left(tmp_path):
     assert depth(run(2, 0, inside)[0][0]) == 2  # what is left of epoch 0 still depends on the first run
     past = run(3, 4, first)  # through the share of epoch 0 (3 items each) into epoch 1
     assert depth(run(2, 0, past)[0][0]) == 1  # epoch 0 is behind every slot: the first run is forgotten
+
+
+def mapped_for_a_large_block(sample, rng):
+    """Whether glibc serves a freshly freed-and-reallocated 64 MB block by mmap in this process
+    (its default thresholds: yes; ``modalmae.data.alloc``'s: no, from the heap)."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = Mallinfo2
+    before = libc.mallinfo2().hblkhd
+    block = bytearray(64 << 20)
+    mapped = libc.mallinfo2().hblkhd - before >= 64 << 20
+    del block
+    return {"mapped": torch.tensor(mapped)}
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_loader_workers_keep_large_blocks_in_the_heap(tmp_path):
+    """make_loader's workers start with modalmae.data.alloc's malloc thresholds: a 64 MB block
+    comes from the heap there, while this process (glibc's defaults) maps it."""
+    shards = resolve_shards(write_shards(tmp_path / "ds", [2, 2]))
+    assert mapped_for_a_large_block(None, None)["mapped"].item()  # the test process is untouched
+    batches = list(make_loader(ShardStream(shards, mapped_for_a_large_block, epochs=1), batch_size=2, num_workers=2))
+    assert len(batches) == 2 and not any(b["mapped"].any() for b in batches)
