@@ -75,3 +75,20 @@ def test_every_recipe_trains_compiled(tmp_path, capsys, recipe):
     eager, compiled, printed = train_both(tmp_path, capsys, recipe, ["--shards", str(shards), *args], steps=2)
     assert "torch.compile: the first step took" in printed
     torch.testing.assert_close(torch.tensor(losses(compiled)), torch.tensor(losses(eager)), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_joint_recipe_trains_compiled(tmp_path, capsys):
+    """multi_mae: one forward over two corpora (audio, images), compiled with graph breaks where
+    the joint model sizes its tensors from counts."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "i").mkdir()
+    speech = build(tmp_path / "a", "audio", sorted((DATA / "audio").glob("sense_and_sensibility_*.wav")))
+    photos = build(tmp_path / "i", "image", [DATA / "images" / "camera.png", DATA / "images" / "chelsea.png"])
+    args = [
+        "--shards", f"audio={speech}", f"image={photos}", "--batch-size", "3", "--weights", "audio=2",
+        "--recipe-flags", "audio=--num-frames 64", "image=--input-size 32 --patch-size 16",
+    ]
+    eager, compiled, printed = train_both(tmp_path, capsys, "multi_mae", args, steps=2)
+    assert "torch.compile: the first step took" in printed
+    torch.testing.assert_close(torch.tensor(losses(compiled)), torch.tensor(losses(eager)), rtol=1e-3, atol=1e-4)
