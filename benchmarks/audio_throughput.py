@@ -34,7 +34,7 @@ from modalmae.data.alloc import tune_malloc  # noqa: E402
 from rounds import forked, ratio  # noqa: E402
 from modalmae.data.audio import AudioDecoder  # noqa: E402
 from modalmae.data.shards import iter_shard, resolve_shards  # noqa: E402
-from modalmae.data.stream import ShardStream, make_loader  # noqa: E402
+from modalmae.data.stream import CastFloats, ShardStream, make_loader  # noqa: E402
 from modalmae.masking import random_masking  # noqa: E402
 from modalmae.model import MaskedAutoencoder, mae_base, mae_tiny  # noqa: E402
 from modalmae.tokenizers.fbank import AudioFrontend  # noqa: E402
@@ -67,10 +67,12 @@ def bare(shards: Path, frontend: AudioFrontend, clips: int) -> float:
     return clips / (time.perf_counter() - start)
 
 
-def loader_rate(shards: Path, frontend: AudioFrontend, *, workers: int, batches: int, batch_size: int, tuned: bool = True) -> float:
+def loader_rate(shards: Path, frontend: AudioFrontend, *, workers: int, batches: int, batch_size: int, tuned: bool = True, bf16: bool = False) -> float:
     """Steady-state clips/s through ShardStream + DataLoader (the first batches, which pay the
-    worker start-up and fill the prefetch queue, are not timed)."""
-    stream = ShardStream(resolve_shards(shards), AudioDecoder(frontend), shuffle_buffer=16)
+    worker start-up and fill the prefetch queue, are not timed); ``bf16``: the fbank leaves the
+    workers in bf16, as in a run that trains in bf16 (``CastFloats``)."""
+    decode = AudioDecoder(frontend)
+    stream = ShardStream(resolve_shards(shards), CastFloats(decode, ["fbank"], torch.bfloat16) if bf16 else decode, shuffle_buffer=16)
     loader = make_loader(stream, batch_size=batch_size, num_workers=workers)
     if not tuned:
         loader.worker_init_fn = None  # make_loader's workers tune malloc (tune_worker); set before they start
@@ -125,6 +127,7 @@ def main() -> None:
             "loader, 1 worker, default malloc": lambda: loader_rate(**loader, workers=1, tuned=False),
             "loader, 1 worker, tuned malloc": lambda: loader_rate(**loader, workers=1),
             "loader, 2 workers, tuned malloc": lambda: loader_rate(**loader, workers=2),
+            "loader, 1 worker, bf16 batches": lambda: loader_rate(**loader, workers=1, bf16=True),
         }
         # Alternating rounds: this machine's speed drifts, so each ratio compares measurements
         # taken side by side, and the median of the per-round ratios is reported.
@@ -140,6 +143,8 @@ def main() -> None:
         print(f"  bare: tuned vs default malloc:                        {ratio(secs['bare decode + fbank, default malloc'], secs['bare decode + fbank, tuned malloc'])}")
         print(f"  loader 1 worker: tuned vs default malloc:             {ratio(secs['loader, 1 worker, default malloc'], secs['loader, 1 worker, tuned malloc'])}")
         print(f"  loader 2 workers vs 1 worker (tuned):                 {ratio(secs['loader, 1 worker, tuned malloc'], secs['loader, 2 workers, tuned malloc'])}")
+        print(f"  loader 1 worker: bf16 vs fp32 batches (tuned):        {ratio(secs['loader, 1 worker, tuned malloc'], secs['loader, 1 worker, bf16 batches'])}")
+        print(f"  loader 1 worker, bf16 batches vs bare (tuned):        {ratio(secs['bare decode + fbank, tuned malloc'], secs['loader, 1 worker, bf16 batches'])}")
     for size, batch in (("tiny", 8), ("base", 2)):
         rate = step_rate(size, batch_size=batch, steps=args.steps)
         print(f"train step {size:4s} (batch {batch}, 1024x128, 80 % masked, fp32, 2 threads): {rate:6.2f} samples/s")

@@ -161,10 +161,16 @@ def spec_of(config: dict) -> ModalitySpec:
 
 def model_input(spec: ModalitySpec, batch: dict, device: torch.device | str, *, rows: slice = slice(None)):
     """The model's input from a batch: ``batch[key]``, or {key: batch[key]} for several keys,
-    on ``device`` (``rows``: a part of the batch)."""
+    on ``device`` (``rows``: a part of the batch); floats that travelled in 16 bits
+    (``modalmae.data.stream.CastFloats``) become fp32 there."""
+
+    def moved(value: Tensor) -> Tensor:
+        value = value[rows].to(device, non_blocking=True)
+        return value.float() if value.is_floating_point() and value.element_size() < 4 else value
+
     if len(spec.input_keys) == 1:
-        return batch[spec.input_keys[0]][rows].to(device, non_blocking=True)
-    return {key: batch[key][rows].to(device, non_blocking=True) for key in spec.input_keys}
+        return moved(batch[spec.input_keys[0]])
+    return {key: moved(batch[key]) for key in spec.input_keys}
 
 
 def decoder_for(config: dict, *, train: bool, **options) -> tuple[ModalitySpec, Any]:

@@ -69,6 +69,26 @@ log = logging.getLogger(__name__)
 SampleDecoder = Callable[[dict, random.Random], "dict | list[dict]"]  # raw sample -> item(s)
 
 
+class CastFloats:
+    """A sample decoder whose floating tensors under ``keys`` leave it as ``dtype``: a run that
+    trains in bf16 ships its inputs in bf16, half the bytes through the loader's shared memory.
+    ``modalmae.modalities.model_input`` makes them fp32 again on the device, so the model sees
+    its inputs rounded to the precision it trains in (autocast rounds them so for its first
+    matrix product anyway; the reconstruction targets are now rounded too)."""
+
+    def __init__(self, decode: SampleDecoder, keys: Sequence[str], dtype: torch.dtype) -> None:
+        self.decode, self.keys, self.dtype = decode, tuple(keys), dtype
+
+    def __call__(self, sample: dict, rng: random.Random) -> dict | list[dict] | None:
+        decoded = self.decode(sample, rng)
+        for item in decoded if isinstance(decoded, list) else [] if decoded is None else [decoded]:
+            for key in self.keys:
+                value = item.get(key)
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and value.element_size() > self.dtype.itemsize:
+                    item[key] = value.to(self.dtype)
+        return decoded
+
+
 class _Missing:
     """Stands for a sample a shard did not give (truncated or unreadable): counted as skipped."""
 

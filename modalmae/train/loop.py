@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from modalmae.checkpoint import load_pretrained, save_pretrained, state_digest
 from modalmae.data.alloc import tune_malloc
 from modalmae.data.shards import ShardSet, resolve_shards
-from modalmae.data.stream import SampleDecoder
+from modalmae.data.stream import CastFloats, SampleDecoder
 from modalmae.masking import Masks
 from modalmae.masking.schedule import MaskRatio
 from modalmae.modalities import ModalitySpec, model_input
@@ -440,6 +440,8 @@ def pretrain(
             unwrapped, state = unwrapped.student, {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
         save_pretrained(unwrapped, output / "model", extra=save_extra, state=state)
 
+    if accelerator.mixed_precision == "bf16":  # inputs leave the loader workers in bf16: half the bytes
+        decode = CastFloats(decode, spec.input_keys, torch.bfloat16)
     result = train(
         cfg, accelerator=accelerator, model=model, decode=decode, loss_fn=loss_fn, items_per_sample=items_per_sample,
         save=save, shards=shards, modality=spec.name,

@@ -302,3 +302,27 @@ def test_loader_workers_keep_large_blocks_in_the_heap(tmp_path):
     assert mapped_for_a_large_block(None, None)["mapped"].item()  # the test process is untouched
     batches = list(make_loader(ShardStream(shards, mapped_for_a_large_block, epochs=1), batch_size=2, num_workers=2))
     assert len(batches) == 2 and not any(b["mapped"].any() for b in batches)
+
+
+def fbank_of(sample, rng):
+    n = int(sample["txt"])
+    return {"fbank": torch.full((4, 3), n + 1 / 3), "count": torch.tensor(n), "weights": torch.full((2,), 1 / 3)}
+
+
+def test_a_bf16_run_ships_its_inputs_in_bf16_and_the_model_gets_fp32(tmp_path):
+    from modalmae.data.stream import CastFloats
+    from modalmae.modalities import MODALITIES, model_input
+
+    shards = resolve_shards(write_shards(tmp_path / "ds", [2, 2]))
+    cast = CastFloats(fbank_of, ["fbank"], torch.bfloat16)
+    two = CastFloats(lambda s, rng: [fbank_of(s, rng), fbank_of(s, rng)], ["fbank"], torch.bfloat16)({"txt": b"5"}, None)
+    assert [item["fbank"].dtype for item in two] == [torch.bfloat16] * 2  # repeated augmentation: every item
+    batches = list(make_loader(ShardStream(shards, cast, epochs=1), batch_size=2, num_workers=1))
+    assert len(batches) == 2
+    for batch in batches:
+        # Only the model's input travels in bf16; other floats and integers are untouched.
+        assert batch["fbank"].dtype == torch.bfloat16 and batch["weights"].dtype == torch.float32 and batch["count"].dtype == torch.int64
+        x = model_input(MODALITIES["audio"], batch, "cpu")
+        assert x.dtype == torch.float32
+        want = torch.stack([fbank_of({"txt": str(int(n)).encode()}, None)["fbank"] for n in batch["count"]])
+        assert torch.equal(x, want.bfloat16().float()) and not torch.equal(x, want)  # rounded to bf16, nothing else
