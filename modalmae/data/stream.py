@@ -455,8 +455,8 @@ def collate(items: list[dict]) -> dict[str, Any]:
 def make_loader(stream: ShardStream, *, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``stream``; workers are capped so every one has samples to read (the
     cap is the same on every rank when the shards have a manifest), and each raises glibc's
-    malloc thresholds as it starts (``modalmae.data.alloc``: measured 1.04x (1.02-1.05) on the
-    audio loader, benchmarks/audio_throughput.py)."""
+    malloc thresholds as it starts (``modalmae.data.alloc``: the audio loader ran 1.04x and
+    1.08x faster in two runs of benchmarks/audio_throughput.py)."""
     available = stream.max_workers()
     if num_workers > available:
         log.warning("rank %d can feed %d loader worker(s), not %d: using %d", stream.rank, available, num_workers, available)
