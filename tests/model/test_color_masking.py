@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modalmae.masking.color import COLORS, NoiseBank, color_masking, colored_noise
+from modalmae.masking.color import COLORS, ColorOptions, NoiseBank, color_masking, colored_noise
 
 # Radial frequency bands (cycles / token) on a 14 x 14 grid: its bins reach 0.5 on the axes.
 LOW, MID, HIGH = (0.0, 0.12), (0.18, 0.32), (0.38, 1.0)
@@ -134,3 +134,17 @@ def test_bad_arguments_are_refused():
         color_masking(2, (14, 14), 1.0, color="red", generator=g)
     with pytest.raises(ValueError, match="window"):
         color_masking(2, (40, 40), 0.75, color=NoiseBank("red", size=32, count=1), generator=g)
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_the_recipes_masking_draws_colour_masks_of_the_chosen_noise(per_frame):
+    """ColorOptions.color_masks (what `--masking color --noise-color C` builds): masks over the
+    recipe's grid for the batch's size at the step's ratio, the same as color_masking with the
+    chosen colour, the frame-by-frame variant when asked."""
+    grid = (4, 8, 8)
+    masking = ColorOptions(noise_color="red").color_masks(grid, per_frame=per_frame)
+    got = masking(torch.zeros(3, 3, 8, 32, 32), torch.Generator().manual_seed(5), 0.75, None)
+    want = color_masking(3, grid, 0.75, color="red", generator=torch.Generator().manual_seed(5), per_frame=per_frame)
+    assert got.mask.shape == (3, 256) and torch.equal(got.mask, want.mask) and torch.equal(got.ids_keep, want.ids_keep)
+    other = color_masking(3, grid, 0.75, color="blue", generator=torch.Generator().manual_seed(5), per_frame=per_frame)
+    assert not torch.equal(got.mask, other.mask)  # the colour given is the one used

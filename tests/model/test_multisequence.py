@@ -6,7 +6,7 @@ import torch
 
 from modalmae.masking import completion_masks, dirichlet_masking
 from modalmae.model import MaskedAutoencoder, mae_tiny
-from modalmae.model.multisequence import complete_sequences, sequence_balanced_loss
+from modalmae.model.multisequence import complete_sequences, sequence_balanced_loss, sequence_losses
 from modalmae.tokenizers import VolumePatches
 
 SEQS = ["t1", "t1ce", "t2", "flair"]
@@ -99,3 +99,26 @@ def test_completing_an_absent_sequence():
     other = volume.clone()
     other[0, 2] = torch.randn(16, 16, 16)
     assert torch.allclose(complete_sequences(model, other, present, targets), out)
+
+
+def test_sequence_losses_names_each_sequence_and_averages_the_present_ones():
+    """The MRI recipe's loss: the mean over sequences of each one's masked-token MSE (a sequence
+    absent from the batch left out), and loss_<sequence> = [summed MSE, count] for each,
+    recomputed here token by token from the dense predictions and targets."""
+    model = tiny()
+    present = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 1]], dtype=torch.bool)  # t2 absent everywhere
+    masks = dirichlet_masking(present, 8, 5, generator=torch.Generator().manual_seed(3))
+    out = model({"volume": torch.randn(2, 4, 16, 16, 16), "present": present}, masks)
+    loss, figures = sequence_losses(out, model.tokenizer)
+    assert list(figures) == ["loss_t1", "loss_t1ce", "loss_t2", "loss_flair"]
+    per_token = (out.pred - out.target).pow(2).mean(-1) * out.loss_mask  # [B, L]
+    want = []
+    for s, name in enumerate(SEQS):
+        tokens = slice(8 * s, 8 * (s + 1))
+        total, count = per_token[:, tokens].sum(), out.loss_mask[:, tokens].sum()
+        torch.testing.assert_close(figures[f"loss_{name}"], torch.stack([total, count]).detach())
+        if count > 0:
+            want.append(total / count)
+    assert figures["loss_t2"][1] == 0 and len(want) == 3
+    torch.testing.assert_close(loss, torch.stack(want).mean())
+    assert not figures["loss_t1"].requires_grad and loss.requires_grad

@@ -193,7 +193,8 @@ def test_mixing_draws_sources_by_weight(tmp_path):
 def test_an_undecodable_slot_ends_with_a_message_instead_of_spinning(tmp_path, caplog, pad_to):
     shards = resolve_shards(write_shards(tmp_path / "ds", [4]))
     assert list(ShardStream(shards, lambda s, r: 1 / 0, pad_to=pad_to)) == []
-    assert "could not read or decode any sample" in caplog.text
+    said = f"{shards.name}: rank 0 worker 0 could not read or decode any sample of its part of epoch 0 (see the warnings above); this worker stops"
+    assert said in caplog.text
 
 
 def test_truncated_shard_is_skipped_not_fatal(tmp_path):
@@ -326,3 +327,27 @@ def test_a_bf16_run_ships_its_inputs_in_bf16_and_the_model_gets_fp32(tmp_path):
         assert x.dtype == torch.float32
         want = torch.stack([fbank_of({"txt": str(int(n)).encode()}, None)["fbank"] for n in batch["count"]])
         assert torch.equal(x, want.bfloat16().float()) and not torch.equal(x, want)  # rounded to bf16, nothing else
+
+
+def test_the_remainder_is_what_is_left_of_the_interrupted_epoch_only(tmp_path):
+    """remainder(): (0, 0) for a stream that continues nothing, None without equal epochs (no
+    padding, or several sources), and after a run stopped in its second epoch, the items left of
+    that epoch alone: the two new ranks read them, each sample once, and the next whole epoch is 2."""
+    shards = resolve_shards(write_shards(tmp_path / "ds", [5] * 6))
+    kw = dict(seed=0, shuffle_buffer=2, shuffle_shards=False, pad_to=1)
+    assert ShardStream(shards, decode, **kw).remainder(1) == (0, 0)
+    assert ShardStream(shards, decode, seed=0).remainder(1) is None
+    assert ShardStream([shards, shards], decode, **kw).remainder(1) is None
+    consumed = take(ShardStream(shards, decode, **kw), 29 + 12)  # the whole first epoch (13 is corrupt), then 12
+    assert {int(i["__epoch__"]) for i in consumed} == {0, 1}
+    rest = []
+    for rank in range(2):
+        stream = ShardStream(shards, decode, rank=rank, world_size=2, **kw)
+        stream.continue_from([run_position([collate(consumed)])], elastic_layout(1, **kw))
+        count, first_whole = stream.remainder(1)
+        assert first_whole == 2
+        got = take(stream, count)
+        assert {int(i["__epoch__"]) for i in got} == {1}
+        rest += [i for i in got if not i["__pad__"]]
+    second = [int(i["value"]) for i in consumed if i["__epoch__"] == 1] + [int(i["value"]) for i in rest]
+    assert sorted(second) == [v for v in range(30) if v != 13]
