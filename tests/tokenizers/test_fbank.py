@@ -100,3 +100,25 @@ def test_frontend_resamples_and_mixes_down():
     stereo = torch.stack([mono, 0.5 * mono])
     assert torch.allclose(fe(stereo, sr), fe(0.75 * mono, sr), atol=1e-5)
     assert AudioFrontend(**fe.config()).config() == fe.config()
+
+
+def test_frontend_settings_reach_the_fbank_and_the_padding():
+    """Every setting of AudioFrontend takes effect: bins, frame length and shift, the padding
+    value, and a clip shorter than one window (zero-padded to a single frame). The expected
+    values come from kaldi_fbank, whose parity with torchaudio is tested above."""
+    wave, sr = speech(STEMS[0])
+    fe = AudioFrontend(num_frames=700, num_mel_bins=64, frame_length_ms=32.0, frame_shift_ms=12.0, mean=-3.0, std=2.0, pad_value=-7.0)
+    out = fe(wave, sr)
+    fbank = kaldi_fbank(wave - wave.mean(), sample_rate=sr, num_mel_bins=64, frame_length_ms=32.0, frame_shift_ms=12.0)
+    frames = fbank.shape[0]
+    assert out.shape == (700, 64) and frames == 1 + (wave.shape[0] - 512) // 192 < 700
+    torch.testing.assert_close(out[:frames], (fbank + 3.0) / 4.0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[frames:], torch.full((700 - frames, 64), (-7.0 + 3.0) / 4.0))
+    # Shorter than one 25 ms window: padded with silence to one frame, then to num_frames.
+    tiny = AudioFrontend(num_frames=3)
+    blip = wave[:300]
+    got = tiny(blip, sr)
+    want = kaldi_fbank(torch.nn.functional.pad(blip - blip.mean(), (0, 100)), sample_rate=sr)
+    assert want.shape[0] == 1 and got.shape == (3, 128)
+    torch.testing.assert_close(got[0], (want[0] - tiny.mean) / (2 * tiny.std), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1:], torch.full((2, 128), (0.0 - tiny.mean) / (2 * tiny.std)))
