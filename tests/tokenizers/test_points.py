@@ -18,7 +18,7 @@ import torch
 
 from conftest import DATA
 from modalmae.data.points import PointDecoder, normalize, scale_and_translate
-from modalmae.masking import block_masking
+from modalmae.masking import block_masking, random_masking
 from modalmae.model import MaskedAutoencoder, mae_tiny
 from modalmae.tokenizers.points import (
     PointGroups,
@@ -271,3 +271,14 @@ def test_block_masking_masks_a_neighbourhood():
         d_m = torch.cdist(centres[b][masks.ids_masked[b, :1]], masked).max()
         d_v = torch.cdist(centres[b][masks.ids_masked[b, :1]], visible).min()
         assert d_m <= d_v + 1e-6  # the masked block is a ball around its seed
+
+
+def test_point_groups_refuse_norm_pix_targets():
+    """Point-MAE's targets are coordinates under a Chamfer loss: a per-patch normalization has
+    no meaning there, and a model built with norm_pix_loss on says so at its first step."""
+    tok = PointGroups(embed_dim=192, num_groups=8, group_size=4)
+    with pytest.raises(ValueError, match="point groups have no norm-pix targets: train with norm_pix_loss off"):
+        tok.target_stats(torch.zeros(1, 8, 12))
+    model = MaskedAutoencoder(tok, mae_tiny(norm_pix_loss=True))
+    with pytest.raises(ValueError, match="norm_pix_loss off"):
+        model(torch.randn(2, 64, 3), random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0)))
