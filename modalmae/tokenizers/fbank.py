@@ -62,13 +62,13 @@ def kaldi_fbank(
     remove_dc_offset: bool = True,
     round_to_power_of_two: bool = True,
 ) -> Tensor:
-    """Log-mel filterbank of [N] or [B, N] samples -> [T, num_mel_bins] or [B, T, num_mel_bins].
+    """Log-mel filterbank of [..., N] samples -> [..., T, num_mel_bins] ([N] -> [T, bins], a
+    batch [B, N] -> [B, T, bins]: every step works along the last axis).
 
     T = 1 + (N - window) // shift (Kaldi's ``snip_edges``). Dither is 0: the output is a
     deterministic function of the input.
     """
-    batched = waveform.ndim == 2
-    wave = (waveform if batched else waveform[None]).float()  # [B, N]
+    wave = waveform.float()  # [..., N]
     window = int(sample_rate * frame_length_ms * 0.001)
     shift = int(sample_rate * frame_shift_ms * 0.001)
     if wave.shape[-1] < window:
@@ -77,7 +77,7 @@ def kaldi_fbank(
         )
     padded = 1 << (window - 1).bit_length() if round_to_power_of_two else window
 
-    frames = wave.unfold(-1, window, shift)  # [B, T, window]
+    frames = wave.unfold(-1, window, shift)  # [..., T, window]
     if remove_dc_offset:
         frames = frames - frames.mean(dim=-1, keepdim=True)
     if preemphasis:
@@ -85,13 +85,12 @@ def kaldi_fbank(
         frames = frames - preemphasis * previous
     frames = frames * torch.hann_window(window, periodic=False, device=wave.device, dtype=wave.dtype)
     # |X|^2 as re^2 + im^2: no square root to undo.
-    power = torch.view_as_real(torch.fft.rfft(frames, n=padded)).pow(2).sum(-1)  # [B, T, padded / 2 + 1]
+    power = torch.view_as_real(torch.fft.rfft(frames, n=padded)).pow(2).sum(-1)  # [..., T, padded / 2 + 1]
 
     filters = mel_filterbank(
         num_bins=num_mel_bins, padded_size=padded, sample_rate=sample_rate, low_freq=low_freq, high_freq=high_freq
     ).to(wave.device)
-    fbank = torch.clamp(power @ filters.T, min=EPSILON).log()  # [B, T, bins]
-    return fbank if batched else fbank[0]
+    return torch.clamp(power @ filters.T, min=EPSILON).log()  # [..., T, bins]
 
 
 @lru_cache(maxsize=16)

@@ -5,6 +5,7 @@ below in plain functional torch (mini-PointNet with BatchNorm in eval mode, cent
 before every block, qkv without bias, LayerNorm eps 1e-5, decoder on [visible, mask tokens] with
 no projection, 1 x 1 convolution to the group's points). Our converted model must match it."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -111,3 +112,17 @@ def test_matches_the_published_forward(tmp_path):
     assert extra["converted_from"] == "pointmae"
     with torch.no_grad():
         assert torch.allclose(model(packed, masks).pred, got.pred, atol=1e-6)
+
+
+def test_the_defaults_are_point_maes_published_config():
+    """Without options the converter builds Point-MAE's pretraining setup: 64 groups, 6 heads in
+    the encoder and the decoder, Chamfer-L2, no norm-pix; the sizes it reads come from the state
+    dict (width, depths, MLP ratio, group size); anything else is refused with the reason."""
+    ours = pointmae_from_official(pointmae_state())
+    c = ours.config
+    assert (ours.tokenizer.num_groups, c.encoder_heads, c.decoder_heads) == (64, 6, 6)
+    assert ours.tokenizer.loss_name == "chamfer_l2" and c.norm_pix_loss is False
+    assert (c.encoder_dim, c.decoder_dim, c.encoder_depth, c.decoder_depth, c.mlp_ratio, ours.tokenizer.group_size) == (D, D, DEPTH, DEC_DEPTH, 4.0, K)
+    assert pointmae_from_official(pointmae_state(), loss="chamfer_l1").tokenizer.loss_name == "chamfer_l1"
+    with pytest.raises(KeyError, match=r"not a Point-MAE pretraining state dict: no MAE_encoder\.norm\.weight \(fine-tuned models are not supported\)"):
+        pointmae_from_official({k: v for k, v in pointmae_state().items() if k != "MAE_encoder.norm.weight"})
