@@ -148,3 +148,25 @@ def test_the_recipes_masking_draws_colour_masks_of_the_chosen_noise(per_frame):
     assert got.mask.shape == (3, 256) and torch.equal(got.mask, want.mask) and torch.equal(got.ids_keep, want.ids_keep)
     other = color_masking(3, grid, 0.75, color="blue", generator=torch.Generator().manual_seed(5), per_frame=per_frame)
     assert not torch.equal(got.mask, other.mask)  # the colour given is the one used
+
+
+def test_bank_windows_are_uniform_over_field_offset_and_flips():
+    """NoiseBank.sample: each window is a field's wrapped h x w window, flipped or not along each
+    axis, and every (field, top, left, flips) of the bank is drawn (2 x 4 x 4 x 4 = 128 of them,
+    ~31 times each in 4,000 draws). A window taller or wider than the fields is refused."""
+    bank = NoiseBank("blue", size=4, count=2, seed=0)
+    h, w = 3, 2
+    rows, cols = torch.arange(h), torch.arange(w)
+    candidates = torch.stack([
+        bank.fields[f][((top + (h - 1 - rows if v else rows)) % 4)[:, None], ((left + (w - 1 - cols if hz else cols)) % 4)[None, :]]
+        for f in range(2) for top in range(4) for left in range(4) for v in (False, True) for hz in (False, True)
+    ])  # [128, h, w]
+    windows = bank.sample(4000, (h, w), generator=torch.Generator().manual_seed(0))
+    assert windows.shape == (4000, h, w)
+    matches = (windows[:, None] == candidates[None]).all(dim=-1).all(dim=-1)  # [4000, 128]
+    assert (matches.sum(dim=1) == 1).all()  # each window is exactly one of them
+    counts = matches.sum(dim=0)
+    assert (counts > 0).all(), f"never drawn: {(counts == 0).nonzero().flatten().tolist()}"
+    for shape in ((5, 2), (2, 5)):
+        with pytest.raises(ValueError, match="does not fit the bank's 4 x 4 fields"):
+            bank.sample(1, shape, generator=torch.Generator())

@@ -122,3 +122,26 @@ def test_sequence_losses_names_each_sequence_and_averages_the_present_ones():
     assert figures["loss_t2"][1] == 0 and len(want) == 3
     torch.testing.assert_close(loss, torch.stack(want).mean())
     assert not figures["loss_t1"].requires_grad and loss.requires_grad
+
+
+def test_sequence_balanced_loss_weighs_sequences_not_tokens_and_is_zero_with_nothing_masked():
+    """Two sequences of 2 tokens: the first with one masked token (squared error 4 per value),
+    the second with two (1 and 3): the loss is the mean of the sequences' means, (4 + 2) / 2 = 3,
+    not the token mean 8 / 3. With nothing to count, the loss is 0 and still has a gradient."""
+    from modalmae.model.mae import MAEOutput
+
+    pred = torch.tensor([[[2.0, 2.0], [1.0, 1.0], [3.0 ** 0.5, 3.0 ** 0.5]]], requires_grad=True)
+
+    def output(weight):
+        return MAEOutput(
+            loss=torch.zeros(()), pred_tokens=pred, target_tokens=torch.zeros(1, 3, 2), weight=weight,
+            ids_predict=torch.tensor([[0, 2, 3]]), mask=torch.tensor([[1.0, 0.0, 1.0, 1.0]]),
+        )
+
+    loss, stats = sequence_balanced_loss(output(torch.ones(1, 3)), 2)
+    torch.testing.assert_close(loss, torch.tensor(3.0))
+    torch.testing.assert_close(stats, torch.tensor([[4.0, 1.0], [4.0, 2.0]]))
+    loss, stats = sequence_balanced_loss(output(torch.zeros(1, 3)), 2)
+    assert loss.item() == 0.0 and loss.requires_grad and (stats[:, 1] == 0).all()
+    loss.backward()
+    assert torch.equal(pred.grad, torch.zeros_like(pred))

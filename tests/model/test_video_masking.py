@@ -48,3 +48,24 @@ def test_running_cell_exact_count_even_when_the_cell_cannot_give_it():
     assert all(len(set(row.tolist())) == ids.shape[1] for row in ids)
     with pytest.raises(ValueError, match="running cell"):
         running_cell_predict(masks, (2, 4, 4), 0.1, generator=g)
+
+
+def test_running_cell_phases_are_uniform_and_bad_settings_are_refused():
+    """Each sample's cell starts at one of the 4 phases, equally often: on the first slice the
+    decoder reconstructs the 2 cell positions the phase keeps (of 2 x 2; 1 = drop, rotating by
+    one each slice). A ratio whose cell drops nothing or everything, and masks with a count per
+    sample, are refused with the reason."""
+    g = torch.Generator().manual_seed(0)
+    masks = tube_masking(400, (4, 4, 4), 0.9, generator=g)
+    ids = running_cell_predict(masks, (4, 4, 4), 0.5, generator=g)
+    first = [row[row < 16] for row in ids]  # the first slice's tokens
+    kept = [frozenset(((i // 4) % 2 * 2 + i % 4 % 2).tolist()) for i in first]
+    counts = {pair: kept.count(pair) for pair in set(kept)}
+    assert sorted(map(sorted, counts)) == [[0, 1], [0, 3], [1, 2], [2, 3]]  # neighbours in the cell's rotation
+    assert all(70 <= n <= 130 for n in counts.values()), counts  # 100 each expected (sd 8.7)
+    for ratio in (0.2, 1.0):
+        with pytest.raises(ValueError, match=f"decoder mask ratio {ratio} leaves no running cell"):
+            running_cell_predict(masks, (4, 4, 4), ratio, generator=g)
+    per_sample = tube_masking(2, (4, 4, 4), torch.tensor([0.5, 0.75]), generator=g)
+    with pytest.raises(ValueError, match=r"decoder masking needs the same number of masked tokens in every sample \(one mask ratio"):
+        running_cell_predict(per_sample, (4, 4, 4), 0.5, generator=g)
