@@ -170,3 +170,11 @@ def test_bank_windows_are_uniform_over_field_offset_and_flips():
     for shape in ((5, 2), (2, 5)):
         with pytest.raises(ValueError, match="does not fit the bank's 4 x 4 fields"):
             bank.sample(1, shape, generator=torch.Generator())
+
+
+def test_the_default_bank_is_colormaes():
+    """ColorMAE's bank: 16 fields of 256 x 256 (4 MiB), made from seed 0, and it says its colour."""
+    bank = NoiseBank("green")
+    assert bank.color == "green" and bank.fields.shape == (16, 256, 256) and bank.fields.dtype == torch.float32
+    assert torch.equal(bank.fields, NoiseBank("green", size=256, count=16, seed=0).fields)
+    assert not torch.equal(bank.fields[:1], NoiseBank("green", count=1, seed=1).fields)
