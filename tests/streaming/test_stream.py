@@ -351,3 +351,27 @@ def test_the_remainder_is_what_is_left_of_the_interrupted_epoch_only(tmp_path):
         rest += [i for i in got if not i["__pad__"]]
     second = [int(i["value"]) for i in consumed if i["__epoch__"] == 1] + [int(i["value"]) for i in rest]
     assert sorted(second) == [v for v in range(30) if v != 13]
+
+
+def test_iter_reads_the_slot_of_its_loader_worker(tmp_path, monkeypatch):
+    """Inside a DataLoader worker, __iter__ yields that worker's slot (run here in-process with
+    the worker's info stood in); in the main process, the whole rank's part; and a resumed stream
+    whose next batch was slot 1's hands loader worker 0 slot 1."""
+    from types import SimpleNamespace
+
+    from modalmae.data import stream as stream_module
+
+    shards = resolve_shards(write_shards(tmp_path / "ds", [4, 4, 4, 4]))
+
+    def items(info, **kw):
+        monkeypatch.setattr(stream_module, "get_worker_info", lambda: info)
+        return [int(i["value"]) for i in ShardStream(shards, decode, epochs=1, shuffle_buffer=1, **kw)]
+
+    def worker(i, n):
+        return SimpleNamespace(id=i, num_workers=n)
+
+    slot0, slot1 = items(worker(0, 2)), items(worker(1, 2))
+    assert slot0 and slot1 and not set(slot0) & set(slot1)
+    assert sorted(slot0 + slot1) == sorted(items(None)) == [v for v in range(16) if v != 13]
+    assert items(worker(0, 2), start={"next_worker": 1, "slots": {}}) == slot1
+    assert items(worker(1, 2), start={"next_worker": 1, "slots": {}}) == slot0
