@@ -282,3 +282,15 @@ def test_point_groups_refuse_norm_pix_targets():
     model = MaskedAutoencoder(tok, mae_tiny(norm_pix_loss=True))
     with pytest.raises(ValueError, match="norm_pix_loss off"):
         model(torch.randn(2, 64, 3), random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0)))
+
+
+def test_point_groups_unpatchify_needs_the_centres():
+    """Groups are stored relative to their centres: unpatchify without them says what to pass,
+    with them gives back the points where they were."""
+    tok = PointGroups(embed_dim=192, num_groups=8, group_size=4)
+    groups = torch.randn(2, 8, 12)
+    with pytest.raises(ValueError, match=r"^point groups are stored relative to their centres: pass coords \(Tokens\.coords\)$"):
+        tok.unpatchify(groups)
+    centres = torch.randn(2, 8, 3)
+    points = tok.unpatchify(groups, coords=centres)
+    torch.testing.assert_close(points - centres[:, :, None], groups.view(2, 8, 4, 3))
