@@ -223,6 +223,18 @@ def elastic_layout(world, workers=1, **kw):
     return ShardStream(ShardSet(urls=["x"]), decode, world_size=world, **kw).layout(workers)
 
 
+def elastic_start(shards, consumed, kw):
+    """Two ranks continuing the one-process run that yielded ``consumed``: per rank, the first
+    whole epoch of the new layout and the items it reads before it."""
+    starts = []
+    for rank in range(2):
+        stream = ShardStream(shards, decode, rank=rank, world_size=2, **kw)
+        stream.continue_from([run_position([collate(consumed)])], elastic_layout(1, **kw))
+        count, first_whole = stream.remainder(1)
+        starts.append((first_whole, take(stream, count)))
+    return starts
+
+
 def test_an_elastic_start_opens_only_the_shards_with_samples_left(tmp_path):
     """One process stops two shards into the epoch; two continue with what is left of it,
     opening only the shards that hold some of it, and between them give each such sample once."""
@@ -232,13 +244,9 @@ def test_an_elastic_start_opens_only_the_shards_with_samples_left(tmp_path):
     kw = dict(seed=0, shuffle_buffer=2, shuffle_shards=False, pad_to=1)
     consumed = take(ShardStream(shards, decode, **kw), 17)  # shards 0-1 are done (buffer 2), shard 3 is being read
     remote.BYTES_READ.clear()
-    rest = []
-    for rank in range(2):
-        stream = ShardStream(shards, decode, rank=rank, world_size=2, **kw)
-        stream.continue_from([run_position([collate(consumed)])], elastic_layout(1, **kw))
-        count, first_whole = stream.remainder(1)
-        assert first_whole == 1
-        rest += [i for i in take(stream, count) if not i["__pad__"]]
+    starts = elastic_start(shards, consumed, kw)
+    assert [first_whole for first_whole, _ in starts] == [1, 1]
+    rest = [i for _, items in starts for i in items if not i["__pad__"]]
     assert sorted(int(i["value"]) for i in consumed + rest) == [v for v in range(30) if v != 13]  # 13 is corrupt
     opened = {url.rsplit("/", 1)[1] for url in remote.BYTES_READ}
     assert opened == {i["__url__"].rsplit("/", 1)[1] for i in rest}
@@ -340,15 +348,10 @@ def test_the_remainder_is_what_is_left_of_the_interrupted_epoch_only(tmp_path):
     assert ShardStream([shards, shards], decode, **kw).remainder(1) is None
     consumed = take(ShardStream(shards, decode, **kw), 29 + 12)  # the whole first epoch (13 is corrupt), then 12
     assert {int(i["__epoch__"]) for i in consumed} == {0, 1}
-    rest = []
-    for rank in range(2):
-        stream = ShardStream(shards, decode, rank=rank, world_size=2, **kw)
-        stream.continue_from([run_position([collate(consumed)])], elastic_layout(1, **kw))
-        count, first_whole = stream.remainder(1)
-        assert first_whole == 2
-        got = take(stream, count)
-        assert {int(i["__epoch__"]) for i in got} == {1}
-        rest += [i for i in got if not i["__pad__"]]
+    starts = elastic_start(shards, consumed, kw)
+    assert [first_whole for first_whole, _ in starts] == [2, 2]
+    assert {int(i["__epoch__"]) for _, items in starts for i in items} == {1}
+    rest = [i for _, items in starts for i in items if not i["__pad__"]]
     second = [int(i["value"]) for i in consumed if i["__epoch__"] == 1] + [int(i["value"]) for i in rest]
     assert sorted(second) == [v for v in range(30) if v != 13]
 
