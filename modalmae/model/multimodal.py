@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from modalmae.masking import Masks
 from modalmae.model.config import MAEConfig
 from modalmae.model.loss import weighted_mean
-from modalmae.model.mae import Encoder, MAEOutput, gather_tokens, key_mask, normalized_targets
+from modalmae.model.mae import Encoder, MAEOutput, key_mask, normalized_targets
 from modalmae.model.transformer import Transformer, init_weights
-from modalmae.tokenizers.base import MaskedTokens, Tokenizer
+from modalmae.tokenizers.base import MaskedTokens, Tokenizer, gather_tokens
 
 
 @dataclass

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # The per-channel mean and std RGB inputs are normalized with (ImageNet's), as MAE and VideoMAE do.
@@ -101,6 +102,13 @@ def patches_at(blocks: Tensor, grid: tuple[int, ...], ids: Tensor) -> Tensor:
     Only the K patches are copied, not the whole input."""
     batch = torch.arange(ids.shape[0], device=ids.device)[:, None]
     return blocks[(batch, *torch.unravel_index(ids, grid))]
+
+
+def conv_embed_at(proj: nn.Module, blocks: Tensor, grid: tuple[int, ...], ids: Tensor) -> Tensor:
+    """The patch convolution ``proj`` (kernel = stride = one patch) at ``ids`` only: applied as
+    the linear map it is to those patches of ``blocks`` [B, *grid, C, *kernel], a view laid out
+    like its kernel -> [B, K, D]. The same weights; equal to the convolution to float rounding."""
+    return F.linear(patches_at(blocks, grid, ids).flatten(2), proj.weight.flatten(1), proj.bias)
 
 
 def patch_stats(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:

@@ -15,11 +15,10 @@ for pictures.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, MaskedTokens, TokenizerBase, Tokens, patches_at
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, MaskedTokens, TokenizerBase, Tokens, conv_embed_at, patches_at
 from modalmae.tokenizers.positions import FixedPositions, sincos_grid
 
 
@@ -91,8 +90,7 @@ class ImagePatches(TokenizerBase):
         p = self.patch_size
         # A view [B, h, w, C, p, p]: each patch laid out like the convolution's kernel.
         patches = rearrange(images, "b c (h p) (w q) -> b h w c p q", p=p, q=p)
-        visible = patches_at(patches, self.grid, ids_keep).flatten(2)  # [B, Lk, C * p * p]
-        embeddings = F.linear(visible, self.proj.weight.flatten(1), self.proj.bias)
+        embeddings = conv_embed_at(self.proj, patches, self.grid, ids_keep)
         targets = None
         if ids_predict is not None:
             targets = rearrange(patches_at(patches, self.grid, ids_predict), "b l c p q -> b l (p q c)")  # as ``patchify``

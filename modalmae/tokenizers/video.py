@@ -16,11 +16,10 @@ differs from MAE's per-patch ``sqrt(var + 1e-6)``).
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, MaskedTokens, TokenizerBase, Tokens, patches_at
+from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD, MaskedTokens, TokenizerBase, Tokens, conv_embed_at, patches_at
 from modalmae.tokenizers.positions import FixedPositions, sinusoid_table
 
 
@@ -102,8 +101,7 @@ class VideoTubes(TokenizerBase):
         ts, p = self.tubelet_size, self.patch_size
         # A view [B, t, h, w, C, ts, p, p]: each tube laid out like the convolution's kernel.
         tubes = rearrange(video, "b c (t p0) (h p1) (w p2) -> b t h w c p0 p1 p2", p0=ts, p1=p, p2=p)
-        visible = patches_at(tubes, self.grid, ids_keep).flatten(2)  # [B, Lk, C * ts * p * p]
-        embeddings = F.linear(visible, self.proj.weight.flatten(1), self.proj.bias)
+        embeddings = conv_embed_at(self.proj, tubes, self.grid, ids_keep)
         targets = None
         if ids_predict is not None:
             pixels = patches_at(tubes, self.grid, ids_predict) * self._std.view(-1, 1, 1, 1) + self._mean.view(-1, 1, 1, 1)
