@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,16 @@ REPO = Path(__file__).parent.parent
 # Under mutation testing (mutmut sets MUTANT_UNDER_TEST) one thread: its workers are forked, and
 # a child forked after OpenMP threads have run hangs at its first parallel op.
 torch.set_num_threads(1 if os.environ.get("MUTANT_UNDER_TEST") else max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutation testing, the fastest tests first: mutmut runs a mutant's tests with -x, so a
+    failing test found early ends the run (times from mutmut's own stats run, in mutants/)."""
+    stats = Path("mutmut-stats.json")
+    if not os.environ.get("MUTANT_UNDER_TEST") or not stats.is_file():
+        return
+    seconds = json.loads(stats.read_text()).get("duration_by_test", {})
+    items.sort(key=lambda item: seconds.get(item.nodeid, float("inf")))
 
 
 @pytest.fixture
