@@ -76,6 +76,13 @@ def _decoder_ends(state: dict[str, Tensor]) -> dict[str, Tensor]:
 TORCH_LAYER_NORM_EPS = 1e-5
 
 
+def _require_rgb(channels: int, *, what: str) -> None:
+    """VideoMAE's clips are RGB, normalised with ImageNet's statistics; a file with another number of
+    channels carries no statistics of its own, so it is refused rather than normalised wrongly."""
+    if channels != 3:
+        raise ValueError(f"{what}: the patch embedding takes {channels} channels; only RGB (3) checkpoints are converted")
+
+
 def videomae_config(hf: dict, *, has_fc_norm: bool = False) -> tuple[dict, MAEConfig]:
     """transformers ``VideoMAEConfig.to_dict()`` -> (VideoTubes kwargs, MAEConfig)."""
     if hf.get("hidden_act", "gelu") != "gelu":
@@ -84,6 +91,7 @@ def videomae_config(hf: dict, *, has_fc_norm: bool = False) -> tuple[dict, MAECo
     dec_ratio = hf["decoder_intermediate_size"] / hf["decoder_hidden_size"]
     if enc_ratio != dec_ratio:
         raise ValueError(f"encoder and decoder MLP ratios differ ({enc_ratio} vs {dec_ratio}); MAEConfig has one")
+    _require_rgb(hf["num_channels"], what="VideoMAE (transformers)")
     tokenizer = {
         "embed_dim": hf["hidden_size"], "num_frames": hf["num_frames"], "image_size": hf["image_size"],
         "tubelet_size": hf["tubelet_size"], "patch_size": hf["patch_size"], "in_channels": hf["num_channels"],
@@ -140,7 +148,10 @@ def videomae_from_official(
     pretrain = "encoder.patch_embed.proj.weight" in state
     src = "encoder." if pretrain else ""
     proj = state[f"{src}patch_embed.proj.weight"]  # [D, C, t, p, p]
+    if proj.ndim != 5 or proj.shape[3] != proj.shape[4]:
+        raise ValueError(f"VideoMAE (official layout): the patch embedding should be [D, C, t, p, p], got {list(proj.shape)}")
     dim, channels, tubelet, patch = proj.shape[0], proj.shape[1], proj.shape[2], proj.shape[3]
+    _require_rgb(channels, what="VideoMAE (official layout)")
     depth = count_blocks(state, f"{src}blocks.")
     mlp_ratio = state[f"{src}blocks.0.mlp.fc1.weight"].shape[0] / dim
     has_norm, has_fc_norm = f"{src}norm.weight" in state, "fc_norm.weight" in state

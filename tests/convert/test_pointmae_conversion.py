@@ -5,6 +5,8 @@ below in plain functional torch (mini-PointNet with BatchNorm in eval mode, cent
 before every block, qkv without bias, LayerNorm eps 1e-5, decoder on [visible, mask tokens] with
 no projection, 1 x 1 convolution to the group's points). Our converted model must match it."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,16 +18,16 @@ from modalmae.masking import masks_from_order
 D, HEADS, DEPTH, DEC_DEPTH, K = 48, 3, 2, 1, 8
 
 
-def block_shapes(prefix):
+def block_shapes(prefix, mlp=4):
     return {
         f"{prefix}.norm1.weight": (D,), f"{prefix}.norm1.bias": (D,), f"{prefix}.attn.qkv.weight": (3 * D, D),
         f"{prefix}.attn.proj.weight": (D, D), f"{prefix}.attn.proj.bias": (D,), f"{prefix}.norm2.weight": (D,),
-        f"{prefix}.norm2.bias": (D,), f"{prefix}.mlp.fc1.weight": (4 * D, D), f"{prefix}.mlp.fc1.bias": (4 * D,),
-        f"{prefix}.mlp.fc2.weight": (D, 4 * D), f"{prefix}.mlp.fc2.bias": (D,),
+        f"{prefix}.norm2.bias": (D,), f"{prefix}.mlp.fc1.weight": (mlp * D, D), f"{prefix}.mlp.fc1.bias": (mlp * D,),
+        f"{prefix}.mlp.fc2.weight": (D, mlp * D), f"{prefix}.mlp.fc2.bias": (D,),
     }
 
 
-def pointmae_state():
+def pointmae_state(mlp=4):
     shapes = {
         "MAE_encoder.encoder.first_conv.0.weight": (128, 3, 1), "MAE_encoder.encoder.first_conv.0.bias": (128,),
         "MAE_encoder.encoder.first_conv.3.weight": (256, 128, 1), "MAE_encoder.encoder.first_conv.3.bias": (256,),
@@ -41,9 +43,9 @@ def pointmae_state():
         "increase_dim.0.weight": (3 * K, D, 1), "increase_dim.0.bias": (3 * K,),
     }
     for i in range(DEPTH):
-        shapes.update(block_shapes(f"MAE_encoder.blocks.blocks.{i}"))
+        shapes.update(block_shapes(f"MAE_encoder.blocks.blocks.{i}", mlp))
     for i in range(DEC_DEPTH):
-        shapes.update(block_shapes(f"MAE_decoder.blocks.{i}"))
+        shapes.update(block_shapes(f"MAE_decoder.blocks.{i}", mlp))
     g = torch.Generator().manual_seed(0)
     state = {k: torch.randn(s, generator=g) * 0.2 for k, s in shapes.items()}
     for conv, ch in (("first_conv", 128), ("second_conv", 512)):
@@ -126,3 +128,18 @@ def test_the_defaults_are_point_maes_published_config():
     assert pointmae_from_official(pointmae_state(), loss="chamfer_l1").tokenizer.loss_name == "chamfer_l1"
     with pytest.raises(KeyError, match=r"not a Point-MAE pretraining state dict: no MAE_encoder\.norm\.weight \(fine-tuned models are not supported\)"):
         pointmae_from_official({k: v for k, v in pointmae_state().items() if k != "MAE_encoder.norm.weight"})
+
+
+def test_the_mlp_ratio_is_read_from_the_weights():
+    """Point-MAE's blocks are 4x wide, but a file with other blocks is taken as it is."""
+    state = pointmae_state(mlp=2)
+    ours = pointmae_from_official(state)
+    assert ours.config.mlp_ratio == 2.0
+    assert torch.equal(ours.encoder.transformer.blocks[0].mlp.fc1.weight, state["MAE_encoder.blocks.blocks.0.mlp.fc1.weight"])
+
+
+def test_a_mismatched_file_is_refused_naming_point_mae_and_the_weight():
+    state = pointmae_state()
+    state["mask_token"] = torch.zeros(1, 1, 7)  # a mask token of another width
+    with pytest.raises(ValueError, match="^" + re.escape(f"Point-MAE: shapes do not match: decoder.mask_token: (1, 1, 7) vs ours (1, 1, {D})")):
+        pointmae_from_official(state)

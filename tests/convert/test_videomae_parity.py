@@ -221,3 +221,9 @@ def test_pickled_code_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"model": Payload()}))
     with pytest.raises(ValueError, match="weights only"):
         convert_checkpoint(path)
+
+
+def test_a_config_that_is_not_rgb_is_refused():
+    ref = tiny_reference()
+    with pytest.raises(ValueError, match=r"^VideoMAE \(transformers\): the patch embedding takes 1 channels"):
+        videomae_from_transformers(ref.state_dict(), {**ref.config.to_dict(), "num_channels": 1})
