@@ -145,6 +145,7 @@ def test_pooled_features_under_a_budget_split_are_each_modality_alone():
     pooled = model(Group(x, masks, pooled=True)).pooled[0]
     counts = model.visible_counts(Group(x, masks))
     assert (counts["audio"] + counts["video"] == 5).all() and len(set(counts["audio"].tolist())) > 1
+    assert counts["audio"].tolist() == [int((keep < 8).sum()) for keep in masks.ids_keep]  # audio: tokens 0-7
     for b in range(6):
         keep = masks.ids_keep[b]
         for m, start in (("audio", 0), ("video", 8)):

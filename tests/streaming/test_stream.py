@@ -1,5 +1,6 @@
 """Sample assignment, padding, resume and mixing of the streaming dataset, on small tars."""
 
+import hashlib
 import io
 import itertools
 import json
@@ -10,7 +11,7 @@ import tarfile
 import pytest
 import torch
 
-from modalmae.data.shards import ShardSet, exact_pieces, resolve_shards
+from modalmae.data.shards import Piece, ShardSet, exact_pieces, resolve_shards
 from modalmae.data.stream import ShardStream, StreamPosition, collate, make_loader
 
 
@@ -141,7 +142,7 @@ def run_position(batches, workers=1):
 @pytest.mark.parametrize("workers,resampled", [(0, False), (2, False), (2, True)])
 def test_resume_continues_exactly_where_the_consumed_batches_stopped(tmp_path, workers, resampled):
     shards = resolve_shards(write_shards(tmp_path / "ds", [6, 6, 6, 5]))
-    kw = dict(rank=1, world_size=2, seed=3, pad_to=2, shuffle_buffer=4, resampled=resampled)
+    kw = {"rank": 1, "world_size": 2, "seed": 3, "pad_to": 2, "shuffle_buffer": 4, "resampled": resampled}
 
     def batches(start=None, n=None):
         loader = make_loader(ShardStream(shards, decode, start=start, **kw), batch_size=2, num_workers=workers)
@@ -241,7 +242,7 @@ def test_an_elastic_start_opens_only_the_shards_with_samples_left(tmp_path):
     from modalmae.data import remote
 
     shards = resolve_shards(write_shards(tmp_path / "ds", [5] * 6))
-    kw = dict(seed=0, shuffle_buffer=2, shuffle_shards=False, pad_to=1)
+    kw = {"seed": 0, "shuffle_buffer": 2, "shuffle_shards": False, "pad_to": 1}
     consumed = take(ShardStream(shards, decode, **kw), 17)  # shards 0-1 are done (buffer 2), shard 3 is being read
     remote.BYTES_READ.clear()
     starts = elastic_start(shards, consumed, kw)
@@ -258,7 +259,7 @@ def test_positions_keep_only_the_runs_that_still_bear_on_what_is_left(tmp_path):
     while one of its part-consumed epochs is not behind every slot of the run (so a position
     stays small however many times a run is resumed elastically)."""
     shards = resolve_shards(write_shards(tmp_path / "ds", [4, 4, 4]))
-    kw = dict(seed=1, shuffle_buffer=3, pad_to=1)
+    kw = {"seed": 1, "shuffle_buffer": 3, "pad_to": 1}
 
     def run(world, steps, before=None):
         states = []
@@ -342,7 +343,7 @@ def test_the_remainder_is_what_is_left_of_the_interrupted_epoch_only(tmp_path):
     padding, or several sources), and after a run stopped in its second epoch, the items left of
     that epoch alone: the two new ranks read them, each sample once, and the next whole epoch is 2."""
     shards = resolve_shards(write_shards(tmp_path / "ds", [5] * 6))
-    kw = dict(seed=0, shuffle_buffer=2, shuffle_shards=False, pad_to=1)
+    kw = {"seed": 0, "shuffle_buffer": 2, "shuffle_shards": False, "pad_to": 1}
     assert ShardStream(shards, decode, **kw).remainder(1) == (0, 0)
     assert ShardStream(shards, decode, seed=0).remainder(1) is None
     assert ShardStream([shards, shards], decode, **kw).remainder(1) is None
@@ -378,3 +379,121 @@ def test_iter_reads_the_slot_of_its_loader_worker(tmp_path, monkeypatch):
     assert sorted(slot0 + slot1) == sorted(items(None)) == [v for v in range(16) if v != 13]
     assert items(worker(0, 2), start={"next_worker": 1, "slots": {}}) == slot1
     assert items(worker(1, 2), start={"next_worker": 1, "slots": {}}) == slot0
+    # three workers, next batch from slot 1: loader workers 0, 1, 2 read slots 1, 2, 0
+    thirds = [items(worker(i, 3)) for i in range(3)]
+    assert [items(worker(i, 3), start={"next_worker": 1, "slots": {}}) for i in range(3)] == thirds[1:] + thirds[:1]
+
+
+def test_cast_floats_narrows_only_the_wider_floats_under_its_keys():
+    """CastFloats hands the decoder its generator, passes on what it returns (None: a skipped
+    sample), and casts a floating tensor under its keys only when that saves bytes: integers,
+    floats no wider than the dtype (fp16 under a bf16 cast: same bytes, re-rounding gains
+    nothing), keys the item lacks and keys not listed are left as decoded."""
+    from modalmae.data.stream import CastFloats
+
+    def decoder(sample, rng):
+        return {"x": torch.tensor([rng.random()], dtype=torch.float64), "n": torch.tensor([3]),
+                "h": torch.ones(2, dtype=torch.float16), "y": torch.ones(2)}
+
+    item = CastFloats(decoder, ["x", "n", "h", "absent"], torch.bfloat16)({}, random.Random(7))
+    assert torch.equal(item["x"], torch.tensor([random.Random(7).random()]).bfloat16())
+    assert [item[k].dtype for k in ("n", "h", "y")] == [torch.int64, torch.float16, torch.float32]
+    assert "absent" not in item
+    assert CastFloats(lambda s, rng: None, ["x"], torch.bfloat16)({}, random.Random(0)) is None
+
+
+def test_a_piece_with_holes_reads_only_its_span_and_verifies_its_shard(tmp_path):
+    """A remainder's piece with holes (``keep``) reads its shard from the first kept sample to
+    the last, as far as the plain piece over that span and no further; and like any piece, with
+    its manifest's checksum it gives nothing of a shard whose bytes do not match (unless
+    ``verify=False``)."""
+    from modalmae.data import remote
+    from modalmae.data.remote import Checksum, ChecksumMismatch
+
+    path = write_shards(tmp_path / "ds", [12]) / "shard-000000.tar"
+    url, data = str(path), path.read_bytes()
+
+    def read(piece, **kw):
+        remote.BYTES_READ.clear()
+        return [s["__key__"] for s in piece.read(**kw)], remote.BYTES_READ[url]
+
+    kept = ["s00002", "s00004", "s00006"]
+    keys, read_bytes = read(Piece(url, 2, 3, keep=(2, 4, 6)))
+    assert keys == kept
+    assert read_bytes == read(Piece(url, 2, 5))[1] < len(data)  # samples 2..6, not the shard's rest
+    good, bad = Checksum(hashlib.sha256(data).hexdigest(), len(data)), Checksum("0" * 64, len(data))
+    assert read(Piece(url, 2, 3, good, keep=(2, 4, 6)))[0] == kept
+    with pytest.raises(ChecksumMismatch, match="checksum mismatch"):
+        read(Piece(url, 2, 3, bad, keep=(2, 4, 6)))
+    assert read(Piece(url, 2, 3, bad, keep=(2, 4, 6)), verify=False)[0] == kept
+
+
+def value_of(sample, rng):
+    return {"value": torch.tensor(int(sample["txt"]))}
+
+
+def loader_batches(stream, workers, steps, batch_size=2):
+    """The first ``steps`` batches a DataLoader with ``workers`` workers takes from ``stream`` (one
+    from each worker in turn), read in this process."""
+    slots = [stream.slot_items(w, workers) for w in range(workers)]
+    return [collate([next(slots[step % workers]) for _ in range(batch_size)]) for step in range(steps)]
+
+
+@pytest.mark.parametrize("world,workers,quota", [(3, 1, 4), (2, 2, 2)])
+def test_continue_from_recuts_what_the_stopped_run_left_over_the_new_slots(tmp_path, world, workers, quota):
+    """2 processes x 2 workers (batch 2) stop 3 steps into an epoch of 20 samples: each rank took
+    2 batches from worker 0 and 1 from worker 1, 12 samples in all. A run of another layout
+    continues: the 8 samples left, and only those, are cut into even segments (8 over 3 slots:
+    3, 3, 2; over 4: 2 each), and every slot yields the same quota, its segment padded to a
+    multiple of the batch (ceil(3 / 2) * 2 = 4; 2), before the next whole epoch: every rank runs
+    the same number of steps. The new positions carry the old ranks' positions along."""
+    shards = resolve_shards(write_shards(tmp_path / "ds", [5, 5, 5, 5]))
+    kw = {"seed": 2, "shuffle_buffer": 3, "pad_to": 2}
+    states, consumed = [], []
+    for rank in range(2):
+        old = ShardStream(shards, value_of, rank=rank, world_size=2, **kw)
+        position = StreamPosition(1, 2)
+        for batch in loader_batches(old, 2, 3):
+            position.update(batch)
+            consumed += batch["value"].tolist()
+        states.append(position.state())
+    assert states[0]["next_worker"] == 1 and len(set(consumed)) == 12
+    rest, per_rank, segments = [], [], []
+    for rank in range(world):
+        stream = ShardStream(shards, value_of, rank=rank, world_size=world, **kw)
+        stream.continue_from(states, old.layout(2))
+        assert stream.start["origin"]["ranks"] == states
+        items, first_whole = stream.remainder(workers)
+        per_rank.append(items)
+        assert first_whole == 1
+        for w in range(workers):
+            slot = stream.slot_items(w, workers)
+            mine = [next(slot) for _ in range(quota)]
+            assert {i["__epoch__"] for i in mine} == {0} and next(slot)["__epoch__"] == 1
+            real = [int(i["value"]) for i in mine if not i["__pad__"]]
+            rest += real
+            segments.append(len(real))
+    assert per_rank == [quota * workers] * world  # the same steps on every rank
+    assert sorted(consumed + rest) == list(range(20))  # nothing consumed seen again, nothing lost
+    assert sorted(segments) == sorted(8 * (s + 1) // (world * workers) - 8 * s // (world * workers) for s in range(world * workers))
+
+
+def test_continue_from_reads_an_empty_rank_state_as_a_rank_that_consumed_nothing(tmp_path):
+    """A rank's state may be empty (a stream's ``start`` before any step): it stands for
+    StreamPosition's state of nothing consumed, and the whole epoch is still ahead."""
+    shards = resolve_shards(write_shards(tmp_path / "ds", [3, 3]))
+    stream = ShardStream(shards, value_of, seed=0, pad_to=1, epochs=1)
+    stream.continue_from([{}], stream.layout(1))
+    assert stream.start["origin"]["ranks"] == [StreamPosition(1, 1).state()]
+    assert sorted(int(i["value"]) for i in stream) == list(range(6))
+
+
+def test_continue_from_refuses_a_run_it_cannot_replay(tmp_path):
+    shards = resolve_shards(write_shards(tmp_path / "ds", [3, 3]))
+    layout = elastic_layout(2)
+    with pytest.raises(ValueError, match="^a resampled stream has no epochs to continue$"):
+        ShardStream(shards, decode, resampled=True).continue_from([{}, {}], layout)
+    with pytest.raises(ValueError, match=r"^continuing another layout's epoch needs every shard's size \(a manifest\)$"):
+        ShardStream(ShardSet(urls=shards.urls), decode).continue_from([{}, {}], layout)
+    with pytest.raises(ValueError, match=r"^1 rank position\(s\) for a run of 2$"):
+        ShardStream(shards, decode).continue_from([{}], layout)
