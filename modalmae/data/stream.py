@@ -70,7 +70,8 @@ SampleDecoder = Callable[[dict, random.Random], "dict | list[dict]"]  # raw samp
 
 
 class CastFloats:
-    """A sample decoder whose floating tensors under ``keys`` leave it as ``dtype``: a run that
+    """A sample decoder whose floating tensors under ``keys`` leave it as ``dtype`` when they are
+    wider (fp32 -> bf16; fp16 stays fp16, no narrower to cast to): a run that
     trains in bf16 ships its inputs in bf16, half the bytes through the loader's shared memory.
     ``modalmae.modalities.model_input`` makes them fp32 again on the device, so the model sees
     its inputs rounded to the precision it trains in (autocast rounds them so for its first
