@@ -165,8 +165,15 @@ def test_point_groups_join_with_positions_before_every_block():
     model = MultiModalMAE(toks, mae_tiny(), specific_depth=1, norm_pix={"points": False})
     gen = torch.Generator().manual_seed(0)
     masks = concat_masks([random_masking(2, 8, 0.5, generator=gen), random_masking(2, 8, 0.5, generator=gen)])
-    out = model(Group({"audio": torch.randn(2, 64, 32), "points": torch.randn(2, 256, 3)}, masks))
+    x = {"audio": torch.randn(2, 64, 32), "points": torch.randn(2, 256, 3)}
+    out = model(Group(x, masks))
     assert torch.isfinite(out.loss) and set(out.stats) == {"audio", "points"}
+    # Pooled features with every token visible: each modality's standalone encoder, whose
+    # transformer adds the point positions before every block, gives the same.
+    model.eval()
+    pooled = model.pooled(x)
+    for m in ("audio", "points"):
+        assert torch.allclose(pooled[m], model.encoder_for(m).eval().pooled(x[m]), atol=1e-5), m
 
 
 def test_joint_checkpoint_round_trip_and_encoders(tmp_path):
