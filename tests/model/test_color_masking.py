@@ -1,10 +1,25 @@
 """ColorMAE masks: exact counts, determinism, and each colour's spectrum measured against white."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from modalmae.masking.color import COLORS, ColorOptions, NoiseBank, color_masking, colored_noise
+from modalmae.masking.color import (
+    BLUE_SIGMA,
+    COLORS,
+    GREEN_SIGMAS,
+    RED_SIGMA,
+    ColorOptions,
+    NoiseBank,
+    _gaussian,
+    _reach,
+    _response,
+    _standardise,
+    color_masking,
+    colored_noise,
+)
 
 # Radial frequency bands (cycles / token) on a 14 x 14 grid: its bins reach 0.5 on the axes.
 LOW, MID, HIGH = (0.0, 0.12), (0.18, 0.32), (0.38, 1.0)
@@ -136,17 +151,20 @@ def test_bad_arguments_are_refused():
         color_masking(2, (40, 40), 0.75, color=NoiseBank("red", size=32, count=1), generator=g)
 
 
-@pytest.mark.parametrize("per_frame", [False, True])
+@pytest.mark.parametrize("per_frame", [None, False, True], ids=["default", "tubes", "per-frame"])
 def test_the_recipes_masking_draws_colour_masks_of_the_chosen_noise(per_frame):
     """ColorOptions.color_masks (what `--masking color --noise-color C` builds): masks over the
-    recipe's grid for the batch's size at the step's ratio, the same as color_masking with the
-    chosen colour, the frame-by-frame variant when asked."""
+    recipe's grid for the batch's size (a batch of 2 clips of 3 channels) at the step's ratio,
+    the same as color_masking with the chosen colour, tubes unless the frame-by-frame variant
+    is asked for."""
     grid = (4, 8, 8)
-    masking = ColorOptions(noise_color="red").color_masks(grid, per_frame=per_frame)
-    got = masking(torch.zeros(3, 3, 8, 32, 32), torch.Generator().manual_seed(5), 0.75, None)
-    want = color_masking(3, grid, 0.75, color="red", generator=torch.Generator().manual_seed(5), per_frame=per_frame)
-    assert got.mask.shape == (3, 256) and torch.equal(got.mask, want.mask) and torch.equal(got.ids_keep, want.ids_keep)
-    other = color_masking(3, grid, 0.75, color="blue", generator=torch.Generator().manual_seed(5), per_frame=per_frame)
+    options = ColorOptions(noise_color="red")
+    masking = options.color_masks(grid) if per_frame is None else options.color_masks(grid, per_frame=per_frame)
+    per_frame = bool(per_frame)
+    got = masking(torch.zeros(2, 3, 8, 32, 32), torch.Generator().manual_seed(5), 0.75, None)
+    want = color_masking(2, grid, 0.75, color="red", generator=torch.Generator().manual_seed(5), per_frame=per_frame)
+    assert got.mask.shape == (2, 256) and torch.equal(got.mask, want.mask) and torch.equal(got.ids_keep, want.ids_keep)
+    other = color_masking(2, grid, 0.75, color="blue", generator=torch.Generator().manual_seed(5), per_frame=per_frame)
     assert not torch.equal(got.mask, other.mask)  # the colour given is the one used
 
 
@@ -178,3 +196,38 @@ def test_the_default_bank_is_colormaes():
     assert bank.color == "green" and bank.fields.shape == (16, 256, 256) and bank.fields.dtype == torch.float32
     assert torch.equal(bank.fields, NoiseBank("green", size=256, count=16, seed=0).fields)
     assert not torch.equal(bank.fields[:1], NoiseBank("green", count=1, seed=1).fields)
+
+
+@pytest.mark.parametrize("sigma", [1.2, 2.0, 3.0])
+def test_the_gaussian_response_is_the_spectrum_of_a_unit_gain_gaussian_blur(sigma):
+    """The transfer function of a blur by a unit-sum Gaussian kernel of std ``sigma`` tokens:
+    the DFT of the sampled kernel on a periodic grid of 64 (sigma >= 1.2: the sampling's
+    aliasing stays below 2e-3)."""
+    n = 64
+    d = torch.minimum(torch.arange(n), n - torch.arange(n)).double()  # periodic distance to 0
+    kernel = torch.exp(-(d**2) / (2 * sigma**2))
+    dft = torch.fft.fft(kernel / kernel.sum()).real
+    assert torch.allclose(_gaussian(torch.fft.fftfreq(n).double() ** 2, sigma), dft, atol=2e-3)
+
+
+@pytest.mark.parametrize("color,at_dc,at_high", [("white", 1, 1), ("red", 1, 0), ("blue", 0, 1), ("green", 0, 0), ("purple", 1, 1)])
+def test_each_colours_filter_passes_or_stops_the_mean_and_the_fine_detail(color, at_dc, at_high):
+    """Gain at frequency 0 and far above every band (f^2 = 10 (cycles / token)^2): white passes
+    both, red (low-pass, a unit-gain blur) the mean only, blue (white less a blur) the detail
+    only, green (a difference of two unit-gain blurs) neither, purple (white less green) both."""
+    gain = _response(color, torch.tensor([0.0, 10.0]))
+    assert torch.allclose(gain, torch.tensor([at_dc, at_high], dtype=gain.dtype), atol=1e-6)
+
+
+def test_the_noise_is_padded_by_three_sigma_of_the_widest_filter():
+    """``_reach``: 3 sigma of the colour's widest Gaussian, rounded up; white needs none."""
+    widest = {"white": 0.0, "red": RED_SIGMA, "blue": BLUE_SIGMA, "green": GREEN_SIGMAS[1], "purple": GREEN_SIGMAS[1]}
+    assert {c: _reach(c) for c in COLORS} == {c: math.ceil(3 * s) for c, s in widest.items()} == {"white": 0, "red": 6, "blue": 3, "green": 4, "purple": 4}
+
+
+def test_white_noise_is_the_generators_draws_over_the_grid_itself():
+    """White is unfiltered and has no reach: the generator's standard normal draws for exactly
+    the grid's tokens, standardised per sample."""
+    noise = colored_noise(3, (5, 7), "white", generator=torch.Generator().manual_seed(4))
+    draws = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(noise, _standardise(draws), atol=1e-5)

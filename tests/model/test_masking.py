@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from modalmae.masking import num_masked_tokens, random_masking
+from modalmae.masking import (
+    completion_masks,
+    num_masked_tokens,
+    random_masking,
+    slices_order,
+)
 
 
 @pytest.mark.parametrize("num_tokens,ratio", [(512, 0.8), (512, 0.75), (1568, 0.9), (7, 0.5), (10, 0.0)])
@@ -37,3 +42,53 @@ def test_generator_controls_randomness():
 def test_bad_ratio_rejected(ratio):
     with pytest.raises(ValueError, match="mask ratio"):
         num_masked_tokens(10, ratio)
+
+
+def test_masks_to_moves_every_index_view():
+    """``Masks.to`` puts every tensor on the device asked for (the meta device stands in for a
+    GPU here) and keeps an absent view absent."""
+    masks = random_masking(2, 6, 0.5, generator=torch.Generator().manual_seed(0))
+    moved = masks.with_decoder_masking(masks.ids_masked[:, :1]).to("meta")
+    assert [t.device.type for t in (moved.ids_keep, moved.ids_masked, moved.mask, moved.ids_predict)] == ["meta"] * 4
+    assert moved.keep_valid is None and moved.masked_valid is None
+
+
+def test_slices_order_lists_kept_then_masked_tokens_each_in_token_order():
+    """3 slices of 2 positions; token s * 2 + p. Sample 0 masks the last position of each
+    slice's order (positions 0, 1, 0: tokens 0, 3, 4), sample 1 masks none."""
+    spatial = torch.tensor([[[1, 0], [0, 1], [1, 0]], [[0, 1], [1, 0], [0, 1]]])
+    order = slices_order(spatial, torch.tensor([1, 0]))
+    assert order.tolist() == [[1, 2, 5, 0, 3, 4], [0, 1, 2, 3, 4, 5]]
+
+
+def completion_case():
+    """4 sequences of 2 tokens. Sample 0: sequence 0 absent, 1 and 3 visible, 2 the target;
+    sample 1: 2 absent, 0 and 1 visible, 3 the target."""
+    present = torch.tensor([[False, True, True, True], [True, True, False, True]])
+    targets = torch.tensor([[False, False, True, False], [False, False, False, True]])
+    return present, targets
+
+
+def test_completion_masks_predict_the_targets_from_the_visible_sequences_only():
+    """Visible: every token of the present non-target sequences; predicted (mask 1): every token
+    of the targets; an absent sequence is neither (mask 0, not predicted)."""
+    masks = completion_masks(*completion_case(), 2)
+    assert masks.ids_keep.sort(1).values.tolist() == [[2, 3, 6, 7], [0, 1, 2, 3]]
+    assert masks.ids_predict.sort(1).values.tolist() == [[4, 5], [6, 7]]
+    assert masks.mask.tolist() == [[0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 1, 1]]
+    order = torch.cat([masks.ids_keep, masks.ids_masked], 1)
+    assert torch.equal(order.sort(1).values, torch.arange(8).expand(2, -1))  # every token once
+
+
+@pytest.mark.parametrize("case", ["targets differ", "visible differ", "nothing visible"])
+def test_completion_masks_refuse_samples_with_different_counts(case):
+    present, targets = completion_case()
+    if case == "targets differ":  # sequences 0 and 1 visible in each, targets 1 and 2
+        present = torch.tensor([[True, True, True, False], [True, True, True, True]])
+        targets = torch.tensor([[False, False, True, False], [False, False, True, True]])
+    elif case == "visible differ":  # one target each, 2 and 3 visible
+        present = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    else:
+        present = targets.clone()
+    with pytest.raises(ValueError, match=r"^every sample needs the same number \(> 0\) of visible and of target sequences$"):
+        completion_masks(present, targets, 2)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modalmae.masking import running_cell_predict, tube_masking
+from modalmae.masking import masks_from_order, running_cell_predict, tube_masking
 
 
 def test_tube_masking_shares_the_spatial_mask_over_time():
@@ -67,5 +67,21 @@ def test_running_cell_phases_are_uniform_and_bad_settings_are_refused():
         with pytest.raises(ValueError, match=f"decoder mask ratio {ratio} leaves no running cell"):
             running_cell_predict(masks, (4, 4, 4), ratio, generator=g)
     per_sample = tube_masking(2, (4, 4, 4), torch.tensor([0.5, 0.75]), generator=g)
-    with pytest.raises(ValueError, match=r"decoder masking needs the same number of masked tokens in every sample \(one mask ratio"):
+    with pytest.raises(ValueError, match=r"^decoder masking needs the same number of masked tokens in every sample \(one mask ratio, not one per sample\)$"):
         running_cell_predict(per_sample, (4, 4, 4), 0.5, generator=g)
+
+
+def test_running_cell_keeps_half_of_the_masked_tokens_by_default():
+    """VideoMAE V2's decoder ratio is 0.5: without one, half of the masked tokens are predicted."""
+    g = torch.Generator().manual_seed(0)
+    masks = tube_masking(2, (4, 4, 4), 0.75, generator=g)  # 48 masked
+    assert running_cell_predict(masks, (4, 4, 4), generator=g).shape == (2, 24)
+
+
+def test_running_cell_draws_each_samples_order_on_its_own():
+    """Samples with the same masks still get their own random order of predicted tokens: of 8
+    samples at least two share a cell phase (4 phases), and their orders differ too."""
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(1)).expand(8, -1)
+    masks = masks_from_order(order, 48)
+    ids = running_cell_predict(masks, (4, 4, 4), 0.5, generator=torch.Generator().manual_seed(2))
+    assert len({tuple(row) for row in ids.tolist()}) == 8
