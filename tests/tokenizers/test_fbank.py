@@ -102,6 +102,15 @@ def test_frontend_resamples_and_mixes_down():
     assert AudioFrontend(**fe.config()).config() == fe.config()
 
 
+def test_frontend_ignores_a_constant_offset():
+    """The front end removes the waveform's mean first, so a DC offset changes nothing, also in
+    a clip shorter than one window, which is padded with silence after the mean is removed."""
+    fe = AudioFrontend(num_frames=3)
+    for n in (300, 1200):  # shorter than one 400-sample window, and several frames long
+        wave = sine(440, 16000, n) + 0.1 * sine(3000, 16000, n)
+        torch.testing.assert_close(fe(wave + 0.5, 16000), fe(wave, 16000), atol=1e-3, rtol=0)
+
+
 def test_frontend_settings_reach_the_fbank_and_the_padding():
     """Every setting of AudioFrontend takes effect: bins, frame length and shift, the padding
     value, and a clip shorter than one window (zero-padded to a single frame). The expected

@@ -277,7 +277,7 @@ def test_point_groups_refuse_norm_pix_targets():
     """Point-MAE's targets are coordinates under a Chamfer loss: a per-patch normalization has
     no meaning there, and a model built with norm_pix_loss on says so at its first step."""
     tok = PointGroups(embed_dim=192, num_groups=8, group_size=4)
-    with pytest.raises(ValueError, match="point groups have no norm-pix targets: train with norm_pix_loss off"):
+    with pytest.raises(ValueError, match="^point groups have no norm-pix targets: train with norm_pix_loss off$"):
         tok.target_stats(torch.zeros(1, 8, 12))
     model = MaskedAutoencoder(tok, mae_tiny(norm_pix_loss=True))
     with pytest.raises(ValueError, match="norm_pix_loss off"):
@@ -294,3 +294,107 @@ def test_point_groups_unpatchify_needs_the_centres():
     centres = torch.randn(2, 8, 3)
     points = tok.unpatchify(groups, coords=centres)
     torch.testing.assert_close(points - centres[:, :, None], groups.view(2, 8, 4, 3))
+
+
+def needs_fast_path():
+    """knn_fast needs the ``[fast]`` extra: fpsample and scipy (-> scipy.spatial)."""
+    pytest.importorskip("fpsample")
+    return pytest.importorskip("scipy.spatial")
+
+
+def test_fast_knn_gives_the_first_k_of_the_full_order_for_every_k():
+    """A centre's k members are the first k of all points ranked by (distance, index), for any
+    k: each k's answer is a prefix of the complete ranking (a stable argsort of the definition's
+    float32 distances)."""
+    needs_fast_path()
+    points = np.random.default_rng(5).normal(size=(300, 3)).astype(np.float32)
+    centres = np.array([0, 17, 299])
+    ranking = np.stack([np.argsort(distance32(points, points[c]), kind="stable") for c in centres])
+    for k in range(1, len(points) + 1):
+        assert np.array_equal(knn_fast(points, points[centres], k, method="brute"), ranking[:, :k]), k
+
+
+def test_fast_knn_tree_around_the_origin():
+    """The tree path gives the definition's neighbours for centres close to the origin of a cloud
+    spread around it (the real scans above are shifted away from the origin)."""
+    needs_fast_path()
+    rng = np.random.default_rng(6)
+    points = np.concatenate([rng.normal(size=(2000, 3)), rng.normal(size=(10, 3)) * 0.01]).astype(np.float32)
+    centres = np.arange(2000, 2010)
+    assert np.array_equal(knn_fast(points, points[centres], 16, method="tree"), definition_knn(points, centres, 16))
+
+
+class _Trees:
+    """Counts the cKDTrees knn_fast builds (monkeypatched over scipy's)."""
+
+    def __init__(self, monkeypatch):
+        spatial = needs_fast_path()
+        self.built, real = 0, spatial.cKDTree
+
+        def counting(*args, **kwargs):
+            self.built += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(spatial, "cKDTree", counting)
+
+
+@pytest.mark.parametrize(
+    ("method", "groups", "n", "tree"),
+    [
+        ("brute", 4, 64, False),  # every distance, no tree
+        ("tree", 4, 64, True),  # cKDTree candidates
+        ("auto", 16, 4096, False),  # 16 * 4096 = BRUTE_MAX pairs: still brute force ("up to")
+        ("auto", 16, 4097, True),  # one point more: the tree
+    ],
+)
+def test_fast_knn_method_picks_the_algorithm(monkeypatch, method, groups, n, tree):
+    """``method`` chooses the algorithm as documented (auto: brute force up to BRUTE_MAX
+    centre-point pairs, cKDTree above); every choice gives the definition's neighbours."""
+    trees = _Trees(monkeypatch)
+    points = cloud(n, seed=8).numpy()
+    centres = np.linspace(0, n - 1, groups).astype(np.int64)
+    got = knn_fast(points, points[centres], 4, method=method)
+    assert trees.built == int(tree)
+    assert np.array_equal(got, definition_knn(points, centres, 4))
+
+
+def _ties_inside_the_margin():
+    """A centre at the origin, ten points at squared distance 25 (integer coordinates: exact),
+    one at 36, five at 100: its k + margin = 12 candidates hold every tie at 25, and the
+    12th (at 36) bounds the rest."""
+    ring = [(5, 0, 0), (-5, 0, 0), (0, 5, 0), (0, -5, 0), (0, 0, 5), (0, 0, -5), (3, 4, 0), (4, 3, 0), (-3, 4, 0), (0, 3, 4)]
+    far = [(10, 0, 0), (-10, 0, 0), (0, 10, 0), (0, -10, 0), (0, 0, 10)]
+    return np.array([(0, 0, 0), *ring, (6, 0, 0), *far], np.float32), np.array([0])
+
+
+@pytest.mark.parametrize("case", ["generic", "ties inside the margin"])
+def test_fast_knn_tree_proves_its_candidates_without_brute_force(monkeypatch, case):
+    """cKDTree's k + margin candidates prove a centre's k nearest when every other point lies
+    beyond the last candidate: on a cloud without ties, or with ties only among the candidates,
+    no centre is redone by brute force (only ties across the margin are)."""
+    needs_fast_path()
+    from modalmae.tokenizers import points as module
+
+    brute, real = [], module._distances_np
+    monkeypatch.setattr(module, "_distances_np", lambda p, c: brute.append(len(c)) or real(p, c))
+    if case == "generic":
+        points, centres, k = cloud(3000, seed=9).numpy(), np.arange(0, 3000, 100), 16
+    else:
+        (points, centres), k = _ties_inside_the_margin(), 4
+    assert np.array_equal(knn_fast(points, points[centres], k, method="tree"), definition_knn(points, centres, k))
+    assert brute == []
+
+
+@pytest.mark.parametrize(("points", "centres"), [(np.float64, np.float32), (np.float32, np.float64), (np.float16, np.float16)])
+def test_fast_knn_refuses_other_dtypes_and_says_which(points, centres):
+    """The fast path matches the float32 definition only on float32 input: either array in
+    another dtype is refused, and the message names both dtypes."""
+    needs_fast_path()
+    with pytest.raises(ValueError, match=rf"^fast kNN takes float32 points and centres, got {np.dtype(points)} and {np.dtype(centres)}$"):
+        knn_fast(np.zeros((8, 3), points), np.zeros((2, 3), centres), 2)
+
+
+def test_fast_knn_unknown_method_lists_the_known_ones():
+    needs_fast_path()
+    with pytest.raises(ValueError, match=r"^unknown kNN method 'kd': auto, brute or tree$"):
+        knn_fast(cloud(8).numpy(), cloud(2).numpy(), 2, method="kd")

@@ -122,3 +122,16 @@ def test_grid_tokenizers_have_a_fast_path_and_point_groups_the_default():
     tokenizing every group is exact; they keep the gathering default."""
     assert PointGroups.tokens_at is TokenizerBase.tokens_at
     assert all(make()[0].__class__.tokens_at is not TokenizerBase.tokens_at for make in GRID)
+
+
+@pytest.mark.parametrize("make", GRID)
+def test_trained_weights_and_biases_carry_over(make):
+    """A trained or converted tokenizer has non-zero biases (a fresh one zeroes its patch
+    projection's): the fast path applies every parameter as the full tokenization does."""
+    torch.manual_seed(0)
+    tok, x = make()
+    with torch.no_grad():
+        for p in tok.parameters():
+            p.add_(torch.randn_like(p))
+    ids_keep, _ = random_ids(tok.num_tokens, 5, tok.num_tokens // 2)
+    torch.testing.assert_close(tok.tokens_at(x, ids_keep).embeddings, gather_tokens(tok(x).embeddings, ids_keep), atol=1e-4, rtol=1e-5)
