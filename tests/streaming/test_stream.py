@@ -132,6 +132,24 @@ def test_padded_epochs_give_every_rank_the_same_batches_and_every_sample_once(tm
     assert sorted(real) == sorted(f"s{i:05d}" for i in range(19) if i != 13)  # 13 is corrupt
 
 
+@pytest.mark.parametrize("pad_to,resampled,manifest,sources,quota", [
+    (2, False, True, 1, 6),  # 19 samples over 2 ranks x 2 workers: longest segment 5, padded to 6 (a multiple of 2)
+    (None, False, True, 1, None),  # no padding: slots' epochs differ
+    (2, True, True, 1, None),  # resampled: no epochs at all
+    (2, False, False, 1, None),  # no manifest: segment lengths unknown
+    (2, False, True, 2, 6),  # several sources: each has its quota, but a rank's epoch mixes them
+])
+def test_quota_and_items_per_epoch_exist_only_for_equal_padded_epochs(pad_to, resampled, manifest, sources, quota):
+    """quota(): the items every slot yields per epoch of a source, None unless padded epochs of
+    known sizes; items_per_epoch(): a rank's items per epoch (quota x workers), for one source only."""
+    sizes = [4, 4, 4, 4, 3]
+    urls = [f"s{i}" for i in range(len(sizes))]
+    shards = ShardSet(urls=urls, num_samples=sum(sizes), sizes=dict(zip(urls, sizes))) if manifest else ShardSet(urls=urls)
+    stream = ShardStream([shards] * sources, decode, world_size=2, pad_to=pad_to, resampled=resampled)
+    assert stream.quota(0, 2) == quota
+    assert stream.items_per_epoch(2) == (None if quota is None or sources > 1 else 2 * quota)
+
+
 def run_position(batches, workers=1):
     position = StreamPosition(1, workers)
     for b in batches:
