@@ -7,8 +7,8 @@ the decoder, fine-tuned ones (``models_vit.py``, global pooling) with ``fc_norm`
 classifier ``head`` (not kept). The convolution flattened is our patch projection (same (time,
 frequency) order as our ``patchify``). The number of heads is not in the file: the standard
 heads of each width (ViT-B: 12) and Audio-MAE's 16 decoder heads are the defaults. Audio-MAE's
-local-attention decoder (Swin blocks with relative position biases) has no counterpart here:
-such a checkpoint converts to its encoder alone.
+local-attention decoder (SwinV2-CR blocks, recognised by the weights a ViT block lacks) has no
+counterpart here: such a checkpoint converts to its encoder alone, with a warning.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import warnings
 
 from torch import Tensor
 
-from modalmae.convert.common import timm_mae
+from modalmae.convert.common import VIT_BLOCK, VIT_BLOCK_BIASES, timm_mae
 from modalmae.model import Encoder, MaskedAutoencoder
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
 
@@ -45,11 +45,13 @@ def audiomae_from_timm(
             f"the checkpoint has {num_tokens} patch positions, a {num_frames} x {num_mel_bins} fbank in {patch} patches gives "
             f"{tokenizer.num_tokens}: pass the num_frames / num_mel_bins it was trained with (overlapping patches are not supported)"
         )
-    global_decoder = "decoder_embed.weight" in state and "decoder_blocks.0.attn.qkv.weight" in state
-    local_decoder = any(k.startswith("decoder_blocks.") and "relative_position" in k for k in state)
-    if "decoder_embed.weight" in state and (local_decoder or not global_decoder):
+    # MAE's global decoder is made of plain ViT blocks. Audio-MAE's local one (decoder_mode=1) has
+    # SwinV2-CR blocks: the same qkv / proj / norm / mlp names plus attn.meta_mlp.* and attn.tau
+    # (its relative positions are not saved), so any weight a ViT block lacks marks it.
+    block_weights = {k.split(".", 2)[2] for k in state if k.startswith("decoder_blocks.") and k.count(".") >= 2}
+    global_decoder = "decoder_embed.weight" in state and set(VIT_BLOCK) <= block_weights <= {*VIT_BLOCK, *VIT_BLOCK_BIASES}
+    if "decoder_embed.weight" in state and not global_decoder:
         warnings.warn("Audio-MAE's local-attention (Swin) decoder has no counterpart here: converting the encoder only", stacklevel=2)
-        global_decoder = False
     return timm_mae(
         state, tokenizer, decoder=global_decoder, encoder_heads=encoder_heads, decoder_heads=decoder_heads,
         norm_eps=norm_eps, norm_pix_loss=norm_pix_loss, what="Audio-MAE",

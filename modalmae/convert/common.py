@@ -75,17 +75,20 @@ def count_blocks(state: dict[str, Tensor], prefix: str) -> int:
     return len(found)
 
 
+# The weights of a timm-style ViT block that block_weights reads, and the query/key/value biases it
+# may read instead of a fused one.
+VIT_BLOCK = (
+    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.proj.weight", "attn.proj.bias",
+    "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+)
+VIT_BLOCK_BIASES = ("attn.qkv.bias", "attn.q_bias", "attn.v_bias")
+
+
 def block_weights(src: dict[str, Tensor], prefix: str, ours: str) -> dict[str, Tensor]:
     """A timm-style ViT block (norm1, attn.qkv, attn.proj, norm2, mlp.fc1 / fc2: our own names)
     at ``prefix``. The fused qkv bias is taken as is, built from VideoMAE's ``q_bias`` / ``v_bias``
     (no key bias), or zero when the block has none (Point-MAE)."""
-    out = {
-        f"{ours}.{name}": src[f"{prefix}.{name}"]
-        for name in (
-            "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.proj.weight", "attn.proj.bias",
-            "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
-        )
-    }
+    out = {f"{ours}.{name}": src[f"{prefix}.{name}"] for name in VIT_BLOCK}
     dim = src[f"{prefix}.norm1.weight"].shape[0]
     if f"{prefix}.attn.qkv.bias" in src:
         out[f"{ours}.attn.qkv.bias"] = src[f"{prefix}.attn.qkv.bias"]
