@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from modalmae.masking import _split_budget, dirichlet_masking
+from modalmae.masking import (
+    _split_budget,
+    dirichlet_masking,
+    per_sample_counts,
+    random_masking,
+)
 
 
 @pytest.mark.parametrize(
@@ -62,3 +67,19 @@ def test_dirichlet_distinct_seeds_give_distinct_masks():
         m = dirichlet_masking(present, 16, 4, generator=torch.Generator().manual_seed(seed))
         orders.add(tuple(torch.cat([m.ids_keep, m.ids_masked], 1)[0].tolist()))
     assert len(orders) == 200
+
+
+def test_per_sample_counts_round_each_ratio_of_the_tokens():
+    """One masked count per sample: round(ratio * L), 0 allowed (nothing masked)."""
+    assert per_sample_counts(torch.tensor([0.0, 0.25, 0.5, 0.9]), 8).tolist() == [0, 2, 4, 7]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
+def test_per_sample_ratios_outside_zero_to_one_are_refused(bad):
+    """Per-sample mask ratios must lie in [0, 1): a ratio of 1 would leave the encoder nothing to
+    see; the error lists the ratios given."""
+    ratios = torch.tensor([0.5, bad])
+    with pytest.raises(ValueError, match=r"mask ratios must be in \[0, 1\), got \[0\.5, "):
+        per_sample_counts(ratios, 8)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        random_masking(2, 8, ratios, generator=torch.Generator().manual_seed(0))

@@ -131,3 +131,75 @@ def test_frontend_settings_reach_the_fbank_and_the_padding():
     assert want.shape[0] == 1 and got.shape == (3, 128)
     torch.testing.assert_close(got[0], (want[0] - tiny.mean) / (2 * tiny.std), atol=1e-5, rtol=0)
     torch.testing.assert_close(got[1:], torch.full((2, 128), (0.0 - tiny.mean) / (2 * tiny.std)))
+
+
+def kaldi_reference(wave, *, sample_rate, window, shift, padded, bins, low_freq=20.0):
+    """Kaldi's compute-fbank-feats as the module docstring lists its steps, in float64 numpy:
+    snip-edges frames, DC removal, pre-emphasis 0.97 (x[-1] := x[0]), symmetric Hann window,
+    zero-padding to ``padded``, power spectrum, triangular filters on 1127 ln(1 + f / 700) over
+    the bins below Nyquist, log floored at float32 epsilon."""
+    x = np.asarray(wave, dtype=np.float64)
+    frames = np.stack([x[i * shift : i * shift + window] for i in range(1 + (len(x) - window) // shift)])
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    frames = frames - 0.97 * np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    power = np.abs(np.fft.rfft(frames * np.hanning(window), n=padded)) ** 2
+
+    def mel(f):
+        return 1127.0 * np.log(1.0 + f / 700.0)
+
+    lo, hi = mel(low_freq), mel(sample_rate / 2)
+    delta = (hi - lo) / (bins + 1)
+    weights = np.zeros((bins, padded // 2 + 1))
+    for b in range(bins):
+        left, centre, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
+        for i in range(padded // 2):  # the Nyquist bin belongs to no filter
+            m = mel(sample_rate / padded * i)
+            if left < m < right:
+                weights[b, i] = (m - left) / (centre - left) if m <= centre else (right - m) / (right - centre)
+    return np.log(np.maximum(power @ weights.T, np.finfo(np.float32).eps))
+
+
+@pytest.mark.parametrize(
+    ("sample_rate", "frame_length_ms", "round_to_power_of_two", "window", "padded"),
+    [
+        (8000, 32.0, True, 256, 256),  # already a power of two: no padding
+        (8000, 31.875, True, 255, 256),
+        (8000, 32.125, True, 257, 512),  # one past a power of two: the next one
+        (16000, 25.0, True, 400, 512),
+        (16000, 25.0, False, 400, 400),  # round_to_power_of_two=False: the FFT is the window itself
+    ],
+)
+def test_fft_size_is_the_window_rounded_up_to_a_power_of_two(sample_rate, frame_length_ms, round_to_power_of_two, window, padded):
+    """Kaldi pads each frame to the smallest power of two >= the window (round_to_power_of_two),
+    or not at all; the result matches the step-by-step reference at that FFT size."""
+    wave = torch.from_numpy(np.random.default_rng(0).normal(size=3 * window).astype(np.float32))
+    ours = kaldi_fbank(
+        wave, sample_rate=sample_rate, num_mel_bins=23, frame_length_ms=frame_length_ms,
+        frame_shift_ms=10.0, round_to_power_of_two=round_to_power_of_two,
+    )
+    shift = int(sample_rate * 10.0 * 0.001)
+    ref = kaldi_reference(wave.numpy(), sample_rate=sample_rate, window=window, shift=shift, padded=padded, bins=23)
+    assert ours.shape == ref.shape == (1 + (3 * window - window) // shift, 23)
+    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-4, rtol=0)
+
+
+def test_fbank_computes_on_the_waveforms_device():
+    """Window and filters follow the waveform onto its device (the meta device stands in for an
+    accelerator here: any tensor created elsewhere would fail to combine with it)."""
+    out = kaldi_fbank(torch.zeros(1200, device="meta"), sample_rate=16000, num_mel_bins=40)
+    assert out.device.type == "meta" and out.shape == (1 + (1200 - 400) // 160, 40)
+
+
+def test_fbank_is_float32_whatever_the_default_dtype():
+    """The features are float32 (the waveform is cast to it) even where a program has made
+    float64 its default dtype."""
+    wave = sine(440, 16000, 1200)
+    want = kaldi_fbank(wave, sample_rate=16000)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = kaldi_fbank(wave.double(), sample_rate=16000)
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)

@@ -215,6 +215,29 @@ def test_fast_path_rejects_what_it_cannot_match():
         knn_fast(cloud(4).numpy(), cloud(2).numpy(), 5)
 
 
+def test_fast_fps_of_no_centres_is_empty_like_the_torch_path():
+    """num=0 picks nothing: an empty int64 index array, as fps_torch gives."""
+    pytest.importorskip("fpsample")
+    pytest.importorskip("scipy")
+    points = cloud(16).numpy()
+    got, want = fps_fast(points, 0), fps_torch(torch.from_numpy(points)[None], 0)[0].numpy()
+    assert got.shape == want.shape == (0,) and got.dtype == want.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("points", "says"),
+    [
+        (np.zeros((8, 3), np.float64), r"float32 cloud \[N, 3\], got float64 \[8, 3\]"),
+        (np.zeros((2, 8, 3), np.float32), r"float32 cloud \[N, 3\], got float32 \[2, 8, 3\]"),  # a batch
+    ],
+)
+def test_fast_fps_takes_one_float32_cloud_and_says_what_it_got(points, says):
+    pytest.importorskip("fpsample")
+    pytest.importorskip("scipy")
+    with pytest.raises(ValueError, match=says):
+        fps_fast(points, 2)
+
+
 def test_groups_are_relative_to_their_centre_and_nearest():
     pts = cloud(1000)
     packed = group_points(pts, num_groups=16, group_size=8)
