@@ -203,3 +203,48 @@ def test_fbank_is_float32_whatever_the_default_dtype():
         torch.set_default_dtype(previous)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)
+
+
+def windowed_sinc_reference(x, *, orig_freq, new_freq, width=6, rolloff=0.99):
+    """torchaudio's resampling written as a direct sum, in float64: output sample j (at time
+    j / new_freq) is sum_n x[n] h(n / orig_freq - j / new_freq), with the low-pass
+    h(tau) = (fc / orig_freq) sinc(fc tau) cos^2(pi fc tau / (2 width)) for |fc tau| <= width,
+    fc = rolloff * min(orig_freq, new_freq); samples outside the signal are zero."""
+    fc = rolloff * min(orig_freq, new_freq)
+    n_out = math.ceil(len(x) * new_freq / orig_freq)
+    u = fc * (np.arange(len(x))[None, :] / orig_freq - np.arange(n_out)[:, None] / new_freq)
+    h = np.where(np.abs(u) <= width, fc / orig_freq * np.sinc(u) * np.cos(np.pi * u / (2 * width)) ** 2, 0.0)
+    return h @ np.asarray(x, dtype=np.float64)
+
+
+@pytest.mark.parametrize(("orig_freq", "new_freq"), [(24000, 16000), (16000, 24000), (22050, 16000), (8000, 16000)])
+def test_resample_defaults_are_torchaudios_windowed_sinc(orig_freq, new_freq):
+    """With its defaults (lowpass_filter_width=6, rolloff=0.99, as torchaudio's) resample is the
+    Hann-windowed sinc interpolation above, sample for sample, down and up, at any rate ratio."""
+    x = np.random.default_rng(1).normal(size=90)
+    got = resample(torch.from_numpy(x).float(), orig_freq=orig_freq, new_freq=new_freq)
+    want = windowed_sinc_reference(x, orig_freq=orig_freq, new_freq=new_freq)
+    assert got.shape == want.shape == (math.ceil(90 * new_freq / orig_freq),)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 50), (2, 3, 50)])
+def test_resample_works_along_the_last_axis_of_any_shape(shape):
+    """Leading axes are a batch: each row is resampled on its own and the shape keeps them."""
+    wave = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    out = resample(wave, orig_freq=48000, new_freq=16000)
+    assert out.shape == (*shape[:-1], math.ceil(50 / 3))
+    rows = torch.stack([resample(row, orig_freq=48000, new_freq=16000) for row in wave.reshape(-1, 50)])
+    torch.testing.assert_close(out.reshape(-1, out.shape[-1]), rows)
+
+
+def test_frontend_defaults_are_audio_mae():
+    """The default front end is Audio-MAE's (and AST's): 16 kHz, 1024 frames of 128 mel bins,
+    25 ms windows every 10 ms, zero padding, normalized with AudioSet's mean -4.2677393 and std
+    4.5689974 as (x - mean) / (2 * std)."""
+    assert AudioFrontend().config() == {
+        "sample_rate": 16000, "num_frames": 1024, "num_mel_bins": 128, "frame_shift_ms": 10.0,
+        "frame_length_ms": 25.0, "mean": -4.2677393, "std": 4.5689974, "pad_value": 0.0,
+    }
+    silence = AudioFrontend(num_frames=2)(torch.zeros(400), 16000)  # log floor, then a zero-padded frame
+    torch.testing.assert_close(silence[1], torch.full((128,), 4.2677393 / (2 * 4.5689974)))
