@@ -6,6 +6,7 @@ converters must give the same outputs on the same clip and mask. The official re
 
 import copy
 import pickle
+import re
 
 import pytest
 import torch
@@ -124,6 +125,32 @@ def test_encoder_matches_videomae_model(mean_pooling):
         expected = ref(clip.transpose(1, 2)).last_hidden_state
         got = ours(clip)
     assert torch.allclose(got, expected, atol=2e-7, rtol=0), (got - expected).abs().max()
+
+
+def test_attention_without_query_value_biases():
+    """qv_bias=False (qkv_bias in transformers 4): the file has no query / value bias at all; the
+    converted model must compute the same thing, i.e. all three biases zero."""
+    ref = tiny_reference(qv_bias=False)
+    state = ref.state_dict()
+    assert not any(k.endswith(("query.bias", "value.bias", "q_bias", "v_bias")) for k in state)
+    ours = videomae_from_transformers(state, ref.config.to_dict())
+    assert not ours.encoder.transformer.blocks[0].attn.qkv.bias.any()
+    assert_same_pretraining_outputs(ref, ours)
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "what", "ours_key"),
+    [
+        ("VideoMAEModel", "layernorm.weight", "VideoMAE encoder (transformers)", "transformer.norm.weight"),
+        ("VideoMAEForPreTraining", "decoder.head.bias", "VideoMAE (transformers)", "decoder.head.bias"),
+    ],
+)
+def test_a_mismatched_checkpoint_is_refused_naming_the_model_and_the_weight(cls, key, what, ours_key):
+    ref = tiny_reference(getattr(transformers, cls))
+    state = ref.state_dict()
+    state[key] = torch.zeros(7)  # a weight of another model: 7 values where the config asks for more
+    with pytest.raises(ValueError, match="^" + re.escape(f"{what}: shapes do not match: {ours_key}: (7,) vs ours")):
+        videomae_from_transformers(state, ref.config.to_dict())
 
 
 def test_classification_checkpoint_pools_like_the_reference():
