@@ -515,3 +515,20 @@ def test_continue_from_refuses_a_run_it_cannot_replay(tmp_path):
         ShardStream(ShardSet(urls=shards.urls), decode).continue_from([{}, {}], layout)
     with pytest.raises(ValueError, match=r"^1 rank position\(s\) for a run of 2$"):
         ShardStream(shards, decode).continue_from([{}], layout)
+
+
+@pytest.mark.parametrize(("asked", "used"), [(0, 0), (1, 1), (3, 3), (5, 3)])
+def test_make_loader_caps_its_workers_and_configures_them(tmp_path, caplog, asked, used):
+    """Rank 1 of 2 over 6 samples can feed 3 workers (one sample each at least): more are capped,
+    with a warning naming the rank and both counts. Workers, when there are any, are persistent,
+    prefetch 4 batches and start with the malloc thresholds; memory is pinned only on request."""
+    from modalmae.data.alloc import tune_worker
+
+    stream = ShardStream(resolve_shards(write_shards(tmp_path / "s", [2, 2, 2])), decode, rank=1, world_size=2)
+    with caplog.at_level("WARNING", logger="modalmae.data.stream"):
+        loader = make_loader(stream, batch_size=2, num_workers=asked)
+    assert loader.num_workers == used and loader.pin_memory is False
+    assert (loader.persistent_workers, loader.prefetch_factor, loader.worker_init_fn) == ((True, 4, tune_worker) if used else (False, None, None))
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == (["rank 1 can feed 3 loader worker(s), not 5: using 3"] if asked > used else [])
+    assert make_loader(stream, batch_size=2, num_workers=0, pin_memory=True).pin_memory is True
