@@ -198,6 +198,22 @@ def test_resampled_mode_draws_shards_with_replacement_per_rank(tmp_path):
     assert max(counts) != min(counts)  # drawn with replacement, not cycled
 
 
+def test_resampled_shards_are_verified_against_their_manifest_checksums(tmp_path):
+    """A shard drawn with replacement carries its manifest sha256, like a piece of an exact epoch,
+    for the reader to verify (test_a_piece_with_holes_... shows a piece refusing a wrong one)."""
+    from modalmae.data.shards import resampled_pieces
+
+    folder = write_shards(tmp_path / "ds", [3, 3])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        entry["sha256"] = hashlib.sha256((folder / entry["name"]).read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shards = resolve_shards(folder)
+    pieces = list(itertools.islice(resampled_pieces(shards, seed=0, rank=0, worker=0), 8))
+    assert {p.url for p in pieces} == set(shards.urls)
+    assert all(p.checksum == shards.checksums[p.url] and p.checksum.sha256 for p in pieces)
+
+
 def test_mixing_draws_sources_by_weight(tmp_path):
     a = resolve_shards(write_shards(tmp_path / "a", [10, 10]))
     b = resolve_shards(write_shards(tmp_path / "b", [10, 10]))
