@@ -1,12 +1,14 @@
-"""The helpers every converter shares: finding the tensors inside a checkpoint's wrappers, and
-counting numbered blocks."""
+"""The helpers every converter shares: reading a checkpoint file or folder without running its
+code, finding the tensors inside its wrappers, and counting numbered blocks."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from modalmae.convert.common import count_blocks, unwrap
+from modalmae.convert.common import count_blocks, read_state_dict, unwrap
 
 
 def test_unwrap_descends_into_wrappers_and_drops_the_ddp_prefix():
@@ -32,3 +34,49 @@ def test_count_blocks_counts_only_a_complete_numbering():
     del state["blocks.1.w"]
     with pytest.raises(ValueError, match="^" + re.escape("blocks under 'blocks.' are not numbered 0..n-1: [0, 2]") + "$"):
         count_blocks(state, "blocks.")
+
+
+class RunsCode:
+    """Unpickled, it would create ``marker``: what a malicious checkpoint would do instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    """A torch.save file whose pickle calls a function is refused by weights-only loading, named
+    with the reason, and the call never happens."""
+    marker, path = tmp_path / "ran", tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(2), "hook": RunsCode(marker)}}, path)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: not readable as weights only: torch.load(weights_only=True) refused it (UnpicklingError: Weights only load failed.")):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_read_state_dict_finds_the_weights_in_a_file_or_a_folder(tmp_path):
+    weights = {"blocks.0.w": torch.arange(3.0)}
+    torch.save({"model": weights}, tmp_path / "a.pth")
+    state, config = read_state_dict(tmp_path / "a.pth")
+    assert config is None and torch.equal(state["blocks.0.w"], weights["blocks.0.w"])
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "videomae"}')
+    torch.save(weights, folder / "pytorch_model.bin")  # transformers' older file name
+    state, config = read_state_dict(folder)
+    assert config == {"model_type": "videomae"} and set(state) == {"blocks.0.w"}
+    save_file({"w": torch.ones(2)}, folder / "model.safetensors")  # preferred when both are there
+    assert set(read_state_dict(folder)[0]) == {"w"}
+    assert set(read_state_dict(folder / "model.safetensors")[0]) == {"w"}
+
+
+def test_read_state_dict_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(f"{tmp_path}: no model.safetensors or pytorch_model.bin in this folder") + "$"):
+        read_state_dict(tmp_path)
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(f"{tmp_path / 'x.pth'}: no such checkpoint file") + "$"):
+        read_state_dict(tmp_path / "x.pth")
+    torch.save({"epoch": 3}, tmp_path / "empty.pth")
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'empty.pth'}: no tensors found")):
+        read_state_dict(tmp_path / "empty.pth")
