@@ -61,7 +61,9 @@ def convert_checkpoint(path: str | os.PathLike, *, layout: str = "auto", **optio
     if layout == "videomae-transformers":
         if hf_config is None:
             raise ValueError(f"{path}: the transformers layout needs the folder with its config.json")
-        model = videomae_from_transformers(state, hf_config, **options)
+        if options:
+            raise ValueError(f"{path}: a transformers checkpoint records its sizes in config.json; drop {', '.join(sorted(options))}")
+        model = videomae_from_transformers(state, hf_config)
         return model, {"video": {"sampling_rate": sampling_rate}, "converted_from": layout}
     if layout == "videomae":
         return videomae_from_official(state, **options), {"video": {"sampling_rate": sampling_rate}, "converted_from": layout}

@@ -80,3 +80,9 @@ def test_read_state_dict_errors_name_the_path(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "empty.pth")
     with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'empty.pth'}: no tensors found")):
         read_state_dict(tmp_path / "empty.pth")
+
+
+def test_unwrap_lists_at_most_ten_top_level_keys():
+    keys = [f"k{i:02d}" for i in range(12)]
+    with pytest.raises(ValueError, match="^" + re.escape(f"checkpoint: no tensors found (top-level keys: {keys[:10]})") + "$"):
+        unwrap(dict.fromkeys(keys, 0))

@@ -105,3 +105,15 @@ def test_a_patch_embedding_that_is_not_square_is_refused():
     state["encoder.patch_embed.proj.weight"] = torch.zeros(48, 3, 2, 16, 8)
     with pytest.raises(ValueError, match=r"should be \[D, C, t, p, p\], got \[48, 3, 2, 16, 8\]"):
         videomae_from_official(state)
+
+
+def test_convert_checkpoint_keeps_the_frame_stride_for_the_official_layout(tmp_path):
+    """convert_checkpoint passes the options the file cannot record to the converter and keeps
+    the frame stride (sampling_rate, VideoMAE's 4 unless given) in the extra settings."""
+    from modalmae.convert import convert_checkpoint
+
+    torch.save({"model": official_state()}, tmp_path / "videomae.pth")
+    model, extra = convert_checkpoint(tmp_path / "videomae.pth", num_frames=4, image_size=32, encoder_heads=3, decoder_heads=2)
+    assert extra == {"video": {"sampling_rate": 4}, "converted_from": "videomae"} and model.tokenizer.num_frames == 4
+    _, extra = convert_checkpoint(tmp_path / "videomae.pth", num_frames=4, image_size=32, encoder_heads=3, decoder_heads=2, sampling_rate=2)
+    assert extra["video"] == {"sampling_rate": 2}

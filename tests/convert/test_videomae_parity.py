@@ -238,6 +238,18 @@ def test_converted_folder_round_trip(tmp_path):
         load_pretrained(tmp_path / "ours")
 
 
+def test_a_transformers_checkpoint_needs_its_config_and_takes_no_size_options(tmp_path):
+    ref = tiny_reference(transformers.VideoMAEModel)
+    ref.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match=r"records its sizes in config\.json; drop image_size, num_frames$"):
+        convert_checkpoint(tmp_path / "hf", num_frames=8, image_size=64)
+    model, extra = convert_checkpoint(tmp_path / "hf", sampling_rate=2)  # the frame stride is not a size: kept
+    assert extra == {"video": {"sampling_rate": 2}, "converted_from": "videomae-transformers"}
+    weights = tmp_path / "hf" / "model.safetensors"
+    with pytest.raises(ValueError, match="^" + re.escape(f"{weights}: the transformers layout needs the folder with its config.json") + "$"):
+        convert_checkpoint(weights, layout="videomae-transformers")
+
+
 def test_pickled_code_is_refused(tmp_path):
     class Payload:
         def __reduce__(self):
