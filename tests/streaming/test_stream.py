@@ -548,3 +548,26 @@ def test_make_loader_caps_its_workers_and_configures_them(tmp_path, caplog, aske
     warned = [r.getMessage() for r in caplog.records]
     assert warned == (["rank 1 can feed 3 loader worker(s), not 5: using 3"] if asked > used else [])
     assert make_loader(stream, batch_size=2, num_workers=0, pin_memory=True).pin_memory is True
+
+
+def test_position_records_each_slots_count_and_the_next_worker():
+    """After a batch from worker w of n, the next one comes from (w + 1) mod n; each slot keeps
+    its own count and last index per source and epoch."""
+    position = StreamPosition(1, 3)
+    batch = {"__worker__": [0, 0], "__source__": [0, 0], "__epoch__": [0, 0], "__index__": [4, 5]}
+    position.update(batch)
+    assert position.next_worker == 1
+    position.update({**batch, "__worker__": [2, 2], "__index__": [0, 1]})
+    assert position.next_worker == 0
+    assert position.state()["slots"] == {
+        "0": {"mixed": 2, "sources": [{"epoch": 0, "index": 5, "count": 2}]},
+        "2": {"mixed": 2, "sources": [{"epoch": 0, "index": 1, "count": 2}]},
+    }
+
+
+def test_without_a_manifest_each_rank_can_feed_one_worker_per_shard_it_reads(tmp_path):
+    """No sample counts: workers split whole shards, so rank r of 2 over 5 shards has 3 or 2."""
+    shards = resolve_shards(str(write_shards(tmp_path / "s", [2] * 5, manifest=False) / "shard-{000000..000004}.tar"))
+    assert [ShardStream(shards, decode, rank=r, world_size=2).max_workers() for r in (0, 1)] == [3, 2]
+    sized = resolve_shards(write_shards(tmp_path / "m", [2] * 5))  # 10 samples: 5 per rank
+    assert [ShardStream(sized, decode, rank=r, world_size=2).max_workers() for r in (0, 1)] == [5, 5]
