@@ -101,12 +101,13 @@ def block_weights(src: dict[str, Tensor], prefix: str, ours: str) -> dict[str, T
 
 def load_mapped(model: nn.Module, mapped: dict[str, Tensor], *, what: str) -> nn.Module:
     """Load ``mapped`` into ``model``, which must then have every parameter set (buffers such as
-    fixed position tables may keep the model's own values). Shapes must match exactly."""
+    fixed position tables may keep the model's own values). Shapes must match exactly; half-precision
+    weights become the model's dtype (float32 as built), without passing through another."""
     own = model.state_dict()
     bad = [f"{k}: {tuple(v.shape)} vs ours {tuple(own[k].shape)}" for k, v in mapped.items() if k in own and v.shape != own[k].shape]
     if bad:
         raise ValueError(f"{what}: shapes do not match: " + "; ".join(bad[:5]))
-    missing, unexpected = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in mapped.items()}, strict=False)
+    missing, unexpected = model.load_state_dict(mapped, strict=False)  # copied into each parameter's own dtype
     buffers = {name for name, _ in model.named_buffers()}
     unset = sorted(set(missing) - buffers)
     if unset or unexpected:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modalmae.convert.common import count_blocks, read_state_dict, unwrap
+from modalmae.convert.common import count_blocks, load_mapped, read_state_dict, unwrap
 
 
 def test_unwrap_descends_into_wrappers_and_drops_the_ddp_prefix():
@@ -86,3 +86,58 @@ def test_unwrap_lists_at_most_ten_top_level_keys():
     keys = [f"k{i:02d}" for i in range(12)]
     with pytest.raises(ValueError, match="^" + re.escape(f"checkpoint: no tensors found (top-level keys: {keys[:10]})") + "$"):
         unwrap(dict.fromkeys(keys, 0))
+
+
+class Layers(torch.nn.Module):
+    """Five 1 -> 1 linear layers (ten parameters), a float buffer and an integer buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(*(torch.nn.Linear(1, 1) for _ in range(5)))
+        self.register_buffer("table", torch.full((2,), 7.0))
+        self.register_buffer("count", torch.tensor(0))
+
+
+def weights(value=0.5, dtype=torch.float32):
+    return {f"layers.{i}.{name}": torch.full(shape, value, dtype=dtype) for i in range(5) for name, shape in (("weight", (1, 1)), ("bias", (1,)))}
+
+
+def test_load_mapped_sets_every_parameter_and_may_leave_buffers():
+    """Buffers the mapping does not give keep the model's own values; the model comes back in eval mode."""
+    model = load_mapped(Layers().train(), weights(), what="Tiny")
+    assert not model.training and torch.equal(model.table, torch.full((2,), 7.0))
+    assert all(torch.equal(p, torch.full_like(p, 0.5)) for p in model.parameters())
+
+
+def test_load_mapped_loads_half_precision_as_float32_and_integers_exactly():
+    """float16 / bfloat16 source weights become float32 parameters with the same values; an
+    integer tensor (BatchNorm's num_batches_tracked) keeps its value even where float32 has no
+    exact representation for it (2^24 + 1)."""
+    for dtype in (torch.float16, torch.bfloat16):
+        model = load_mapped(Layers(), weights(-1.25, dtype) | {"count": torch.tensor(2**24 + 1)}, what="Tiny")
+        assert all(p.dtype == torch.float32 and torch.equal(p, torch.full_like(p, -1.25)) for p in model.parameters())
+        assert model.count.dtype == torch.int64 and model.count.item() == 2**24 + 1
+
+
+def test_load_mapped_lists_at_most_five_shape_mismatches():
+    wrong = {k: torch.zeros(2, *v.shape[1:]) for k, v in weights().items()}  # ten weights, two rows each
+    first = ("layers.0.weight: (2, 1) vs ours (1, 1); layers.0.bias: (2,) vs ours (1,); layers.1.weight: (2, 1) vs ours (1, 1); "
+             "layers.1.bias: (2,) vs ours (1,); layers.2.weight: (2, 1) vs ours (1, 1)")  # the first five, in the mapping's order
+    with pytest.raises(ValueError, match="^" + re.escape(f"Tiny: shapes do not match: {first}") + "$"):
+        load_mapped(Layers(), wrong, what="Tiny")
+
+
+def test_load_mapped_refuses_unset_or_unexpected_weights_listing_eight_of_each():
+    """Loading is strict for parameters: one missing, or one extra key, is an error naming it;
+    the message lists the first eight unset parameters (sorted) and the first eight unexpected keys."""
+    some = weights()
+    del some["layers.4.bias"]
+    with pytest.raises(KeyError, match=re.escape("Tiny: conversion left weights unset: ['layers.4.bias']; unexpected: []")):
+        load_mapped(Layers(), some, what="Tiny")
+    with pytest.raises(KeyError, match=re.escape("Tiny: conversion left weights unset: []; unexpected: ['head.weight']")):
+        load_mapped(Layers(), weights() | {"head.weight": torch.zeros(1)}, what="Tiny")
+    extra = {f"head.{i}": torch.zeros(1) for i in range(9)}
+    unset = [f"layers.{i}.{name}" for i in range(4) for name in ("bias", "weight")]  # sorted, 8 of the 10
+    unexpected = [f"head.{i}" for i in range(8)]
+    with pytest.raises(KeyError, match="^[\"']" + re.escape(f"Tiny: conversion left weights unset: {unset}; unexpected: {unexpected}") + "[\"']$"):
+        load_mapped(Layers(), extra, what="Tiny")
