@@ -103,6 +103,11 @@ def test_local_attention_alternates_plain_and_shifted_windows_block_by_block():
     coords = grid_coordinates(model.tokenizer.grid)
     same_window = (coords[:, None, 0] // 4 == coords[None, :, 0] // 4) & (coords[:, None, 1] // 4 == coords[None, :, 1] // 4)
     assert torch.equal(plain[0, 0], same_window)
+    # A prefix token (CLS) stands outside every window, plain or shifted: it attends to itself
+    # alone, no grid token attends to it, and the grid tokens keep their windows.
+    for with_cls, without in zip(model.decoder._window_masks(ids, 1)[:2], (plain, shifted)):
+        assert torch.equal(with_cls[0, 0, 0], torch.arange(33) == 0) and not with_cls[0, 0, 1:, 0].any()
+        assert torch.equal(with_cls[0, 0, 1:, 1:], without[0, 0])
 
 
 def test_cls_token_and_pooling():

@@ -559,6 +559,10 @@ def test_position_records_each_slots_count_and_the_next_worker():
     assert position.next_worker == 1
     position.update({**batch, "__worker__": [2, 2], "__index__": [0, 1]})
     assert position.next_worker == 0
+    for workers in (0, 1):  # loading in the main process is one slot, slot 0, every time
+        alone = StreamPosition(1, workers)
+        alone.update(batch)
+        assert (alone.num_workers, alone.next_worker) == (1, 0)
     assert position.state()["slots"] == {
         "0": {"mixed": 2, "sources": [{"epoch": 0, "index": 5, "count": 2}]},
         "2": {"mixed": 2, "sources": [{"epoch": 0, "index": 1, "count": 2}]},
