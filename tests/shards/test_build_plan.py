@@ -317,10 +317,26 @@ def test_ray_skips_a_file_that_kills_its_worker_every_time(tmp_path, local_ray):
     assert manifest["num_samples"] == 8
 
 
+def _listing(folder: Path) -> list[tuple[str, int]] | None:
+    """(name, size) of every file in ``folder``; None when one moved while it was listed."""
+    try:
+        return sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+    except FileNotFoundError:
+        return None
+
+
 def test_ray_build_killed_midway_and_rerun_keeps_finished_shards(tmp_path, local_ray):
     root, out, marker = make_input(tmp_path / "in", 12), tmp_path / "out", f"modalmae-{uuid.uuid4()}"
     process = _subprocess_build(out, root, "ray", marker, delay=0.3)
     _kill_after_first_record(process, out, timeout=180)
+    # The killed driver's tasks run in the cluster's workers, not under it: one already running
+    # may still finish its shard (or be cancelled) a moment later. Wait for the folder to settle:
+    # the same files, sizes included, two seconds apart.
+    listing, deadline = None, time.monotonic() + 60
+    while (now := _listing(out)) is None or now != listing:
+        assert time.monotonic() < deadline, f"the output folder did not settle after the kill: {now}"
+        listing = now
+        time.sleep(2.0)
     finished = {p.name.replace(".stats.json", ".tar") for p in out.glob("*.stats.json")}
     kept = {name: stamp for name, stamp in stamps(out).items() if name in finished}
     rerun = build(root, out, engine="ray", options=Options(delay=0.3))
