@@ -5,7 +5,7 @@ before: every sample of every epoch once, the remainder in equal shares, then wh
 
 The DataLoader is emulated without worker processes, as ``ShardStream.__iter__`` and the loader
 behave: loader worker w serves slot ``(w + next_worker) % W`` and batch j comes from loader
-worker ``j % W`` (tests/streaming/test_stream.py checks the same through a real DataLoader)."""
+worker ``j % W`` (tests/streaming/test_stream_resume.py checks the same through a real DataLoader)."""
 
 from __future__ import annotations
 

@@ -7,11 +7,11 @@ import json
 import threading
 
 import pytest
+from stream_data import decode, take, write_shards
 
 from modalmae.data.remote import ShardReadError, iter_shard
 from modalmae.data.shards import resolve_shards
 from modalmae.data.stream import ShardStream
-from test_stream import decode, take, write_shards
 
 
 class FlakyHandler(http.server.SimpleHTTPRequestHandler):
