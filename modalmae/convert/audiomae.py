@@ -48,8 +48,8 @@ def audiomae_from_timm(
     # MAE's global decoder is made of plain ViT blocks. Audio-MAE's local one (decoder_mode=1) has
     # SwinV2-CR blocks: the same qkv / proj / norm / mlp names plus attn.meta_mlp.* and attn.tau
     # (its relative positions are not saved), so any weight a ViT block lacks marks it.
-    block_weights = {k.split(".", 2)[-1] for k in state if k.startswith("decoder_blocks.")}  # "decoder_blocks.N.<name>" -> name
-    global_decoder = "decoder_embed.weight" in state and set(VIT_BLOCK) <= block_weights <= {*VIT_BLOCK, *VIT_BLOCK_BIASES}
+    decoder_names = {k.split(".", 2)[-1] for k in state if k.startswith("decoder_blocks.")}  # "decoder_blocks.N.<name>" -> name
+    global_decoder = "decoder_embed.weight" in state and set(VIT_BLOCK) <= decoder_names <= {*VIT_BLOCK, *VIT_BLOCK_BIASES}
     if "decoder_embed.weight" in state and not global_decoder:
         warnings.warn("Audio-MAE's local-attention (Swin) decoder has no counterpart here: converting the encoder only", stacklevel=2)
     return timm_mae(
