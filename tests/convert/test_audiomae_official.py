@@ -109,3 +109,14 @@ def test_an_encoder_only_file_converts_without_a_warning():
     """A fine-tuned or encoder-only file has no decoder to miss: nothing to warn about."""
     ours = no_warnings(audiomae_from_timm, encoder_state(audiomae_state(frames=64, mels=32)), num_frames=64, num_mel_bins=32)
     assert isinstance(ours, Encoder)
+
+
+def test_a_global_decoder_without_qkv_biases_converts_whole():
+    """MAE's ViT blocks may be built with ``qkv_bias=False``: such a decoder is still the global
+    one, converted with the encoder (its fused qkv bias zero), and nothing is warned."""
+    state = audiomae_state(frames=64, mels=32)
+    del state["decoder_blocks.0.attn.qkv.bias"]
+    ours = no_warnings(audiomae_from_timm, state, num_frames=64, num_mel_bins=32)
+    assert isinstance(ours, MaskedAutoencoder)
+    assert torch.equal(ours.decoder.transformer.blocks[0].attn.qkv.bias, torch.zeros(3 * 32))
+    assert torch.equal(ours.decoder.transformer.blocks[0].attn.qkv.weight, state["decoder_blocks.0.attn.qkv.weight"])

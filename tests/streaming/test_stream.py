@@ -160,6 +160,46 @@ def test_an_undecodable_slot_ends_with_a_message_instead_of_spinning(tmp_path, c
     assert said in caplog.text
 
 
+@pytest.mark.parametrize("good_first", [False, True])
+def test_a_padded_slot_gives_up_after_two_passes_of_failures_in_a_row(tmp_path, caplog, good_first):
+    """Rank 0 of 2 over 7 samples padded to 8 holds a 3-sample segment and cycles it as padding: a
+    run of 2 x 3 failures since the last decoded sample ends the slot, not one fewer or more."""
+    shards = resolve_shards(write_shards(tmp_path / "ds", [7]))
+    calls = []
+
+    def flaky(sample, rng):
+        calls.append(sample["__key__"])
+        if good_first and len(calls) == 1:
+            return {"value": torch.tensor(0)}
+        raise ValueError("unreadable")
+
+    items = list(ShardStream(shards, flaky, world_size=2, pad_to=8, shuffle_buffer=1))
+    assert len(items) == int(good_first)
+    assert len(calls) == int(good_first) + 6
+    assert calls[:3] == calls[3:6]  # the padding pass repeats the segment
+    assert "could not read or decode any sample" in caplog.text
+
+
+def test_a_skipped_sample_is_logged_with_its_key_shard_and_error(tmp_path, caplog):
+    shards = resolve_shards(write_shards(tmp_path / "ds", [7, 7]))
+    items = list(ShardStream(shards, decode, epochs=1))  # decode refuses sample 13, the second shard's last
+    assert len(items) == 13 and sum(i["num_skipped"] for i in items) == 1
+    url = next(u for u in shards.urls if u.endswith("shard-000001.tar"))
+    assert [r.getMessage() for r in caplog.records] == [f"skipping sample s00013 in {url}: ValueError: corrupt"]
+
+
+def test_a_resampled_stream_is_one_endless_pass_over_its_slots_draws(tmp_path):
+    """Resampled: the shards come in the order resampled_pieces draws them for this rank and slot,
+    each read whole, and the epoch never advances (no plan, no padding)."""
+    from modalmae.data.shards import resampled_pieces
+
+    shards = resolve_shards(write_shards(tmp_path / "ds", [3] * 4))
+    items = take(ShardStream(shards, decode, rank=1, world_size=2, seed=4, resampled=True, shuffle_buffer=1), 60)
+    drawn = list(itertools.islice(resampled_pieces(shards, seed=4, rank=1, worker=0), 20))
+    assert [i["__url__"] for i in items] == [p.url for p in drawn for _ in range(3)]
+    assert {i["__epoch__"] for i in items} == {0} and not any(i["__pad__"] for i in items)
+
+
 def test_truncated_shard_is_skipped_not_fatal(tmp_path):
     folder = write_shards(tmp_path / "ds", [4, 4])
     shard = folder / "shard-000000.tar"
