@@ -2,6 +2,7 @@
 uniform shift = a shifted mask), and on a real clip, visible tubes that follow the content."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -98,6 +99,25 @@ def test_bad_input_is_refused():
         motion_guided_masking(torch.zeros(1, 8, 14, 14, 2), 0.9, generator=torch.Generator(), base=8)
     with pytest.raises(ValueError, match="mask ratio"):
         motion_guided_masking(torch.zeros(1, 8, 14, 14, 2), 1.0, generator=torch.Generator())
+
+
+def test_masks_are_on_the_motion_device():
+    """The masks live on ``motion``'s device, whatever the generator's (a meta tensor stands in for
+    an accelerator's: every tensor made on the way must follow the input, or the ops refuse to
+    mix devices)."""
+    motion = torch.zeros(2, 3, 4, 5, 2, device="meta")  # base slice 1: warps forward and backward
+    masks = motion_guided_masking(motion, 0.5, generator=torch.Generator().manual_seed(0))
+    assert [t.device.type for t in (masks.ids_keep, masks.ids_masked, masks.mask)] == ["meta"] * 3
+    assert gaussian_map(torch.tensor([[0, 5]], device="meta"), (3, 4), 2).device.type == "meta"
+
+
+def test_masking_warns_nothing():
+    """A training step calls it once a batch: it must not emit torch's warnings (e.g. the one for
+    sampling without an explicit align_corners)."""
+    motion = torch.randn(2, 3, 4, 5, 2, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        motion_guided_masking(motion, 0.5, generator=torch.Generator().manual_seed(0))
 
 
 # ------------------------------------------------------------------ on a real clip
