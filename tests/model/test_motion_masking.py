@@ -2,6 +2,7 @@
 uniform shift = a shifted mask), and on a real clip, visible tubes that follow the content."""
 
 import random
+import re
 import warnings
 
 import pytest
@@ -93,10 +94,12 @@ def test_a_uniform_shift_moves_the_visible_set_one_token_per_slice(axis, step):
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match=r"\[B, T', H', W', 2\]"):
-        motion_guided_masking(torch.zeros(1, 8, 14, 14), 0.9, generator=torch.Generator())
-    with pytest.raises(ValueError, match="base slice"):
-        motion_guided_masking(torch.zeros(1, 8, 14, 14, 2), 0.9, generator=torch.Generator(), base=8)
+    for shape in [(1, 8, 14, 14), (1, 8, 14, 2), (1, 8, 14, 14, 3)]:  # a dimension short, or not (dx, dy)
+        with pytest.raises(ValueError, match=re.escape(f"motion must be [B, T', H', W', 2], got {list(shape)}")):
+            motion_guided_masking(torch.zeros(shape), 0.9, generator=torch.Generator())
+    for base in (8, -1):
+        with pytest.raises(ValueError, match=f"^base slice {base} outside 0..7$"):
+            motion_guided_masking(torch.zeros(1, 8, 14, 14, 2), 0.9, generator=torch.Generator(), base=base)
     with pytest.raises(ValueError, match="mask ratio"):
         motion_guided_masking(torch.zeros(1, 8, 14, 14, 2), 1.0, generator=torch.Generator())
 
@@ -109,6 +112,28 @@ def test_masks_are_on_the_motion_device():
     masks = motion_guided_masking(motion, 0.5, generator=torch.Generator().manual_seed(0))
     assert [t.device.type for t in (masks.ids_keep, masks.ids_masked, masks.mask)] == ["meta"] * 3
     assert gaussian_map(torch.tensor([[0, 5]], device="meta"), (3, 4), 2).device.type == "meta"
+    every = motion_guided_masking(motion, 0.99, generator=torch.Generator().manual_seed(0))  # all 20 of a slice masked
+    assert every.ids_keep.shape == (2, 0) and every.mask.device.type == "meta"
+
+
+def test_tokens_no_visible_token_reaches_keep_tube_maskings_random_order():
+    """A token more than 12 tokens from every visible one gets no map mass at all (exp(-r^2)
+    underflows to 0 in float32): such ties keep the random order tube masking draws from the same
+    generator, in every slice (no motion: each slice repeats the base slice)."""
+    grid, ratio = (2, 40, 40), 0.99  # 16 visible tubes of 1600
+    motion = torch.zeros(1, *grid, 2)
+    ours = motion_guided_masking(motion, ratio, generator=torch.Generator().manual_seed(3))
+    tube = tube_masking(1, grid, ratio, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(ours.ids_keep.sort().values, tube.ids_keep.sort().values)
+    visible = tube.ids_keep[0, :16]
+    vy, vx = (visible // 40).float(), (visible % 40).float()
+    cells = torch.arange(1600)
+    far = ((cells[:, None] // 40 - vy) ** 2 + (cells[:, None] % 40 - vx) ** 2).min(1).values > 12**2
+    assert far.sum() > 20  # 71 with this seed
+    for t in range(2):
+        in_tube = [i - t * 1600 for i in tube.ids_masked[0].tolist() if i // 1600 == t and far[i - t * 1600]]
+        in_ours = [i - t * 1600 for i in ours.ids_masked[0].tolist() if i // 1600 == t and far[i - t * 1600]]
+        assert in_ours == in_tube
 
 
 def test_masking_warns_nothing():
