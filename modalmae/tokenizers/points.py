@@ -296,6 +296,8 @@ def chamfer(a: Tensor, b: Tensor, *, squared: bool = True, chunk_elements: int =
     bounded however many sets there are.
     """
     sets, n, m = a.shape[0], a.shape[1], b.shape[1]
+    if sets == 0:  # nothing predicted (every group visible): empty, but on the inputs' graph
+        return (a.float().sum((1, 2)) + b.float().sum((1, 2))) * 0
     step = max(1, chunk_elements // (n * m))
     out = []
     for start in range(0, sets, step):

@@ -285,6 +285,18 @@ def test_point_mae_trains_on_chamfer_with_block_masking():
     assert model.decoder.positions.mlp[0].weight.grad.abs().sum() > 0  # decoder positions learn
 
 
+def test_with_nothing_masked_the_loss_is_zero_not_an_error():
+    """Every group visible (mask ratio 0, or a joint model's points all kept): no set to compare,
+    so Chamfer gives an empty result and the loss is 0, with a gradient, as for the other tokenizers."""
+    assert chamfer(torch.zeros(0, 8, 3), torch.zeros(0, 8, 3)).shape == (0,)
+    tok = PointGroups(embed_dim=48, num_groups=16, group_size=8)
+    model = MaskedAutoencoder(tok, mae_tiny(encoder_dim=48, encoder_heads=3, decoder_dim=48, decoder_heads=3, norm_pix_loss=False))
+    x = group_points(torch.stack([cloud(512, seed=s) for s in range(2)]), num_groups=16, group_size=8)
+    out = model(x, random_masking(2, 16, 0.0, generator=torch.Generator().manual_seed(0)))
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+
+
 def test_block_masking_masks_a_neighbourhood():
     centres = torch.rand(3, 64, 3)
     masks = block_masking(centres, 0.6, generator=torch.Generator().manual_seed(1))
