@@ -1,11 +1,15 @@
+import re
+
 import pytest
 import torch
 
 from modalmae.masking import (
     completion_masks,
+    concat_masks,
     num_masked_tokens,
     random_masking,
     slices_order,
+    tube_masking,
 )
 
 
@@ -92,3 +96,21 @@ def test_completion_masks_refuse_samples_with_different_counts(case):
         present = targets.clone()
     with pytest.raises(ValueError, match=r"^every sample needs the same number \(> 0\) of visible and of target sequences$"):
         completion_masks(present, targets, 2)
+
+
+def test_tube_masks_are_made_on_the_device_asked_for():
+    """``device``: where the masks go, whatever the generator's (the meta device stands in for
+    an accelerator's); without it they stay on the generator's. (A ratio per sample cannot be
+    tried on meta: its padding reads counts with ``.item()``.)"""
+    masks = tube_masking(2, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(0), device="meta")
+    assert [t.device.type for t in (masks.ids_keep, masks.ids_masked, masks.mask)] == ["meta"] * 3
+    masks = tube_masking(2, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(0))
+    assert masks.mask.device.type == "cpu"
+
+
+def test_masks_with_a_ratio_per_sample_cannot_be_joined():
+    padded = random_masking(2, 8, torch.tensor([0.5, 0.75]), generator=torch.Generator().manual_seed(0))
+    plain = random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0))
+    message = "masks with a ratio per sample (padded) cannot be joined; use one ratio per modality"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        concat_masks([plain, padded])

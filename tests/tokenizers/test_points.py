@@ -260,6 +260,27 @@ def test_chamfer_values():
     assert torch.allclose(chamfer(x, x), torch.zeros(50))
 
 
+def test_chamfer_l1_averages_each_set_on_its_own():
+    """Several sets at once give each set's own distance (L2 and L1), as computed one set at a time."""
+    x, y = torch.randn(5, 16, 3, generator=torch.Generator().manual_seed(0)), torch.randn(5, 12, 3, generator=torch.Generator().manual_seed(1))
+    for squared in (True, False):
+        alone = torch.cat([chamfer(x[i : i + 1], y[i : i + 1], squared=squared) for i in range(5)])
+        torch.testing.assert_close(chamfer(x, y, squared=squared), alone)
+    near = torch.cdist(x, y)  # [5, 16, 12]
+    torch.testing.assert_close(chamfer(x, y, squared=False), (near.min(2).values.mean(1) + near.min(1).values.mean(1)) / 2)
+
+
+@pytest.mark.parametrize("loss", ["chamfer_l2", "chamfer_l1"])
+def test_the_tokenizer_loss_is_the_chamfer_distance_it_names(loss):
+    """Point-MAE's group loss per predicted group: CD-L2 (the default) or CD-L1, on the k x 3
+    points each token's prediction and target flatten."""
+    tok = PointGroups(embed_dim=48, num_groups=16, group_size=8, loss=loss)
+    pred, target = torch.randn(2, 3, 24), torch.randn(2, 3, 24)
+    expected = chamfer(pred.reshape(6, 8, 3), target.reshape(6, 8, 3), squared=loss == "chamfer_l2").view(2, 3)
+    torch.testing.assert_close(tok.loss(pred, target), expected)
+    assert PointGroups(embed_dim=48, num_groups=16, group_size=8).loss_name == "chamfer_l2"
+
+
 def test_tokenizer_accepts_raw_and_grouped_clouds_and_reconstructs():
     tok = PointGroups(embed_dim=48, num_groups=16, group_size=8).eval()
     pts = torch.stack([cloud(512, seed=s) for s in range(2)])
