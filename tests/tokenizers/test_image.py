@@ -16,6 +16,27 @@ def test_mae_default_grid_and_contract():
     assert rebuilt.config() == tok.config() and rebuilt.grid == tok.grid
 
 
+def test_defaults_are_maes_vit_b16_patch_embedding():
+    """Called with no arguments: MAE's ViT-B/16, 224 x 224 RGB in 16 x 16 patches to 768 channels,
+    ImageNet-normalized."""
+    tok = ImagePatches()
+    assert tok.config() == {
+        "embed_dim": 768, "image_size": [224, 224], "patch_size": 16, "in_channels": 3,
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+    }
+    assert tuple(tok.proj.weight.shape) == (768, 3, 16, 16) and tok.positions().shape == (1, 196, 768)
+
+
+def test_state_dict_holds_the_weights_and_positions_not_the_normalization():
+    """The input normalization is a setting (``config``), not a weight: a checkpoint holds the
+    projection and the position table only, so weights load whatever mean and std were used."""
+    tok = ImagePatches(embed_dim=48, image_size=16)
+    assert set(tok.state_dict()) == {"proj.weight", "proj.bias", "positions.table"}
+    grey = ImagePatches(embed_dim=48, image_size=16, in_channels=1, mean=(0.5,), std=(0.25,))
+    grey.load_state_dict(ImagePatches(embed_dim=48, image_size=16, in_channels=1, mean=(0.1,), std=(0.9,)).state_dict())
+    assert torch.allclose(grey.pixels(torch.ones(1, 1, 16, 16)), torch.full((1, 1, 16, 16), 0.75))
+
+
 def test_patch_order_is_maes_row_column_channel():
     tok = ImagePatches(embed_dim=48, image_size=(32, 48), patch_size=16)
     x = torch.randn(2, 3, 32, 48)
@@ -82,5 +103,11 @@ def test_wrong_inputs_are_explained():
         tok.patchify(torch.randn(3, 32, 32))  # no batch dimension
     with pytest.raises(ValueError, match="not divisible"):
         ImagePatches(image_size=100)
+    for size in [(100, 224), (224, 100)]:  # one side that does not divide is enough
+        with pytest.raises(ValueError, match=rf"image {size[0]}x{size[1]} is not divisible into 16x16 patches"):
+            ImagePatches(embed_dim=48, image_size=size)
     with pytest.raises(ValueError, match="one per channel"):
         ImagePatches(in_channels=1)
+    for mean, std in [((0.5,), IMAGENET_STD), (IMAGENET_MEAN, (0.5,))]:  # either one of the wrong length
+        with pytest.raises(ValueError, match="mean and std need 3 values, one per channel"):
+            ImagePatches(embed_dim=48, image_size=16, mean=mean, std=std)
