@@ -8,6 +8,7 @@ points equal, as many centres as points, +0.0 and -0.0.
 """
 
 import itertools
+import re
 import sys
 import types
 
@@ -293,6 +294,22 @@ def test_tokenizer_accepts_raw_and_grouped_clouds_and_reconstructs():
     assert exact.min(dim=-1).values.max() < 1e-5
     with pytest.raises(ValueError, match="packed groups"):
         tok(torch.zeros(2, 15, 9, 3))
+
+
+def test_defaults_are_point_maes():
+    """Point-MAE's ShapeNet pretraining: 64 groups of 32 points, width 384, CD-L2."""
+    assert PointGroups().config() == {"embed_dim": 384, "num_groups": 64, "group_size": 32, "loss": "chamfer_l2"}
+
+
+def test_bad_options_and_inputs_are_refused_by_exact_message():
+    with pytest.raises(ValueError, match="^unknown point loss 'emd': chamfer_l2 or chamfer_l1$"):
+        PointGroups(loss="emd")
+    tok = PointGroups(embed_dim=48, num_groups=16, group_size=8)
+    with pytest.raises(ValueError, match=re.escape("packed groups must be [B, 16, 9, 3], got [2, 16, 8, 3]")):
+        tok(torch.zeros(2, 16, 8, 3))
+    for shape in [(2, 64, 2), (64, 3), (2, 64, 3, 1, 1)]:  # not xyz, no batch, too many axes
+        with pytest.raises(ValueError, match=re.escape(f"expected point clouds [B, N, 3] or packed groups [B, G, 1 + k, 3], got {list(shape)}")):
+            tok(torch.zeros(shape))
 
 
 def test_point_mae_trains_on_chamfer_with_block_masking():
