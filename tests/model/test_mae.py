@@ -119,6 +119,20 @@ def test_cls_token_and_pooling():
     assert torch.allclose(model.encoder.pooled(x), feats[:, 1:].mean(1))
     masks = random_masking(2, 32, 0.8, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(model(x, masks).loss)
+    assert torch.equal(model.encoder.pool(feats), feats[:, 1:].mean(1))  # mean by default
+    with pytest.raises(ValueError, match="^unknown pooling 'max': mean or cls$"):
+        model.encoder.pool(feats, pool="max")
+    with pytest.raises(ValueError, match="^this encoder has no CLS token; use pool='mean'$"):
+        tiny_model().encoder.pool(feats[:, 1:], pool="cls")
+
+
+def test_a_cls_token_model_trains_on_a_ratio_per_sample():
+    """Padded masks (one ratio per sample): the decoder's key mask covers the CLS token too."""
+    model = tiny_model(cls_token=True)
+    masks = random_masking(2, 32, torch.tensor([0.5, 0.8]), generator=torch.Generator().manual_seed(0))
+    out = model(torch.randn(2, 128, 64), masks)
+    assert masks.padded and torch.isfinite(out.loss)
+    out.loss.backward()
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -296,6 +296,14 @@ def test_tokenizer_accepts_raw_and_grouped_clouds_and_reconstructs():
         tok(torch.zeros(2, 15, 9, 3))
 
 
+def test_one_cloud_without_a_batch_axis_gives_its_groups_without_one():
+    pts = cloud(256, seed=4)
+    batched = group_indices(pts[None], num_groups=8, group_size=4)
+    assert batched.shape == (1, 8, 4)
+    assert torch.equal(group_indices(pts, num_groups=8, group_size=4), batched[0])
+    assert torch.equal(group_points(pts, num_groups=8, group_size=4), group_points(pts[None], num_groups=8, group_size=4)[0])
+
+
 def test_defaults_are_point_maes():
     """Point-MAE's ShapeNet pretraining: 64 groups of 32 points, width 384, CD-L2."""
     assert PointGroups().config() == {"embed_dim": 384, "num_groups": 64, "group_size": 32, "loss": "chamfer_l2"}
