@@ -299,7 +299,7 @@ def test_tokenizer_accepts_raw_and_grouped_clouds_and_reconstructs():
 def test_one_cloud_without_a_batch_axis_gives_its_groups_without_one():
     pts = cloud(256, seed=4)
     batched = group_indices(pts[None], num_groups=8, group_size=4)
-    assert batched.shape == (1, 8, 4)
+    assert batched.shape == (1, 8, 1 + 4)  # each group: its centre, then its 4 points
     assert torch.equal(group_indices(pts, num_groups=8, group_size=4), batched[0])
     assert torch.equal(group_points(pts, num_groups=8, group_size=4), group_points(pts[None], num_groups=8, group_size=4)[0])
 
