@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def test_patchify_round_trip_in_pixel_space_and_tube_order():
     # token 1 = first tubelet, top row, second column; its vector is (t, h, w, c) ordered
     expected = pixels[0, :, 0:2, 0:16, 16:32].permute(1, 2, 3, 0).reshape(-1)
     assert torch.allclose(patches[0, 1], expected, atol=1e-6)
-    with pytest.raises(ValueError, match="expected clips"):
+    with pytest.raises(ValueError, match=re.escape("expected clips [B, C, T, H, W] = [B, 3, 4, 32, 32], got [1, 3, 2, 32, 32]")):
         tok.patchify(torch.randn(1, 3, 2, 32, 32))
 
 
