@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -153,3 +155,39 @@ def test_base_preset_is_vit_b():
     assert (cfg.encoder_dim, cfg.encoder_depth, cfg.encoder_heads, cfg.decoder_dim) == (768, 12, 12, 512)
     with pytest.raises(ValueError, match="embed_dim"):
         MaskedAutoencoder(SpectrogramPatches(embed_dim=192), cfg)
+
+
+def test_local_decoder_windows_need_a_grid_of_their_rank():
+    """Audio-MAE's local decoder attention: a window per grid axis. Point groups have no grid, a
+    spectrogram's is 2-D: either refusal names the window."""
+    from modalmae.tokenizers.points import PointGroups
+
+    points = PointGroups(embed_dim=48, num_groups=8, group_size=4)
+    for tokenizer, window in ((points, (2, 2)), (SpectrogramPatches(embed_dim=48, num_frames=128, num_mel_bins=64), (2, 2, 2))):
+        cfg = mae_tiny(encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, decoder_window=window)
+        with pytest.raises(ValueError, match="^" + re.escape(f"decoder_window {window} needs a token grid of the same rank") + "$"):
+            MaskedAutoencoder(tokenizer, cfg)
+
+
+@pytest.mark.parametrize("window,shift", [((4, 4), (2, 2)), ((3, 5), (1, 2))])
+def test_local_decoder_shifts_by_half_a_window_and_saves_no_grid(window, shift):
+    """Swin's shifted windows move by window // 2 on each axis unless told otherwise; the grid
+    coordinates are rebuilt from the tokenizer, not saved with the weights."""
+    decoder = tiny_model(decoder_window=window).decoder
+    assert decoder.shift == shift
+    assert tiny_model(decoder_window=window, decoder_shift=(1, 1)).decoder.shift == (1, 1)
+    assert not [k for k in decoder.state_dict() if "grid" in k]
+
+
+def test_decoder_mask_token_starts_like_maes():
+    """MAE initialises the mask token from N(0, 0.02^2) (1024 draws: the sample std is within
+    0.002 of it); Point-MAE's tokenizer adds positions before every decoder block too."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(SpectrogramPatches(embed_dim=48, num_frames=128, num_mel_bins=64), mae_tiny(
+        encoder_dim=48, encoder_heads=3, decoder_dim=1024, decoder_heads=8, decoder_depth=1))
+    assert abs(model.decoder.mask_token.std().item() - 0.02) < 0.002
+    from modalmae.tokenizers.points import PointGroups
+
+    points = MaskedAutoencoder(PointGroups(embed_dim=48, num_groups=8, group_size=4), mae_tiny(
+        encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, norm_pix_loss=False))
+    assert points.decoder.pos_every_block is True and model.decoder.pos_every_block is False

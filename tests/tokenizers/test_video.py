@@ -48,3 +48,27 @@ def test_embeddings_shape():
     tok = VideoTubes(embed_dim=48, num_frames=4, image_size=32)
     tokens = tok(torch.randn(2, 3, 4, 32, 32))
     assert tokens.embeddings.shape == (2, 8, 48) and tokens.targets.shape == (2, 8, 1536)
+
+
+def test_defaults_are_videomaes_vit_b():
+    """VideoMAE ViT-B: 16 frames of 224 x 224 cut into 2 x 16 x 16 tubes of RGB, width 768,
+    ImageNet's normalization; the normalization is a setting, not saved with the weights."""
+    tok = VideoTubes()
+    assert tok.config() == {
+        "embed_dim": 768, "num_frames": 16, "image_size": [224, 224], "tubelet_size": 2, "patch_size": 16, "in_channels": 3,
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+    }
+    assert sorted(tok.state_dict()) == ["positions.table", "proj.bias", "proj.weight"]
+
+
+@pytest.mark.parametrize("frames,size", [(5, (32, 32)), (4, (30, 32)), (4, (32, 30))])  # one axis off at a time
+def test_a_clip_that_does_not_divide_into_tubes_is_refused(frames, size):
+    message = f"clip {frames}x{size[0]}x{size[1]} is not divisible into 2x16x16 tubes"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        VideoTubes(embed_dim=48, num_frames=frames, image_size=size)
+
+
+@pytest.mark.parametrize("mean,std", [((0.5,), (0.5, 0.5, 0.5)), ((0.5, 0.5, 0.5), (0.5, 0.5))])  # either one wrong
+def test_mean_and_std_need_one_value_per_channel(mean, std):
+    with pytest.raises(ValueError, match="^mean and std need 3 values, one per channel$"):
+        VideoTubes(embed_dim=48, num_frames=4, image_size=32, mean=mean, std=std)
