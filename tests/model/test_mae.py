@@ -191,3 +191,15 @@ def test_decoder_mask_token_starts_like_maes():
     points = MaskedAutoencoder(PointGroups(embed_dim=48, num_groups=8, group_size=4), mae_tiny(
         encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, norm_pix_loss=False))
     assert points.decoder.pos_every_block is True and model.decoder.pos_every_block is False
+
+
+def test_positions_before_every_block_reach_a_cls_token_encoder():
+    """Point-MAE adds the group centres' positions before every block; with a CLS token (which
+    has none) they still do: other centres, other features."""
+    from modalmae.tokenizers.points import PointGroups
+
+    torch.manual_seed(0)
+    tok = PointGroups(embed_dim=48, num_groups=8, group_size=4)
+    model = MaskedAutoencoder(tok, mae_tiny(encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, norm_pix_loss=False, cls_token=True)).eval()
+    x, pos = torch.randn(2, 8, 48), torch.randn(2, 8, 48)
+    assert not torch.allclose(model.encoder._encode(x, pos, None), model.encoder._encode(x, pos + 1, None))

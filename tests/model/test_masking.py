@@ -114,3 +114,9 @@ def test_masks_with_a_ratio_per_sample_cannot_be_joined():
     message = "masks with a ratio per sample (padded) cannot be joined; use one ratio per modality"
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         concat_masks([plain, padded])
+
+
+def test_random_masks_are_made_on_the_device_asked_for():
+    masks = random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0), device="meta")
+    assert [t.device.type for t in (masks.ids_keep, masks.ids_masked, masks.mask)] == ["meta"] * 3
+    assert random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0)).mask.device.type == "cpu"

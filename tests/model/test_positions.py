@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from modalmae.tokenizers.positions import grid_coordinates, sincos_grid
@@ -38,3 +39,24 @@ def test_grid_coordinates_row_major():
     coords = grid_coordinates((2, 3))
     assert coords.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
     assert sincos_grid((2, 3, 4), 12).shape == (24, 12)
+
+
+def test_sin_cos_tables_refuse_widths_they_cannot_split_evenly():
+    import re
+
+    from modalmae.tokenizers.positions import sincos_1d
+
+    with pytest.raises(ValueError, match="^sin-cos embedding needs an even dim, got 7$"):
+        sincos_1d(torch.arange(4), 7)
+    for grid, dim, need in (((2, 2), 10, 4), ((2, 2, 2), 16, 6)):
+        with pytest.raises(ValueError, match="^" + re.escape(f"dim {dim} must be divisible by {need} for a {len(grid)}-D sin-cos grid") + "$"):
+            sincos_grid(grid, dim)
+
+
+@pytest.mark.parametrize("dim", [6, 5])  # an odd width too: the last channel a sine
+def test_videomaes_table_interleaves_sines_and_cosines(dim):
+    """VideoMAE's 1-D table: channel j is sin (even j) or cos (odd j) of p / 10000^(2 floor(j/2) / dim)."""
+    from modalmae.tokenizers.positions import sinusoid_table
+
+    expected = [[(math.sin if j % 2 == 0 else math.cos)(p / 10000 ** (2 * (j // 2) / dim)) for j in range(dim)] for p in range(7)]
+    torch.testing.assert_close(sinusoid_table(7, dim), torch.tensor(expected, dtype=torch.float32))

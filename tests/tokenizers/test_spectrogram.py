@@ -35,3 +35,17 @@ def test_unpatchify_refuses_patches_that_do_not_fit_its_grid(tokens, patch_dim):
     size are an error, not a differently shaped spectrogram."""
     with pytest.raises(EinopsError):
         tokenizer().unpatchify(torch.zeros(1, tokens, patch_dim))
+
+
+def test_defaults_are_audiomaes_and_bad_shapes_are_refused_by_exact_message():
+    """Audio-MAE: 1024 frames x 128 mel bins in 16 x 16 patches, width 768."""
+    import re
+
+    tok = SpectrogramPatches()
+    assert (tok.embed_dim, tok.num_frames, tok.num_mel_bins) == (768, 1024, 128)
+    for frames, bins in ((100, 128), (1024, 100)):  # one axis off at a time
+        with pytest.raises(ValueError, match="^" + re.escape(f"spectrogram {frames}x{bins} is not divisible into 16x16 patches") + "$"):
+            SpectrogramPatches(num_frames=frames, num_mel_bins=bins)
+    small = SpectrogramPatches(embed_dim=48, num_frames=32, num_mel_bins=16, patch_size=8)
+    with pytest.raises(ValueError, match="^" + re.escape("expected spectrograms of 32 frames x 16 bins, got (30, 16)") + "$"):
+        small(torch.zeros(2, 30, 16))
