@@ -203,3 +203,19 @@ def test_positions_before_every_block_reach_a_cls_token_encoder():
     model = MaskedAutoencoder(tok, mae_tiny(encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, norm_pix_loss=False, cls_token=True)).eval()
     x, pos = torch.randn(2, 8, 48), torch.randn(2, 8, 48)
     assert not torch.allclose(model.encoder._encode(x, pos, None), model.encoder._encode(x, pos + 1, None))
+
+
+def test_encoder_cls_token_and_pooled_norm_follow_the_config():
+    """MAE: the CLS token starts from N(0, 0.02^2) (1024 draws: the sample std within 0.002);
+    the pooled features' norm takes pooled_norm_eps, or the blocks' norm_eps when unset."""
+    torch.manual_seed(0)
+    cfg = dict(encoder_dim=1024, encoder_heads=8, encoder_depth=1, decoder_dim=32, decoder_heads=2, cls_token=True, pooled_norm=True)
+    encoder = MaskedAutoencoder(SpectrogramPatches(embed_dim=1024, num_frames=32, num_mel_bins=16), mae_tiny(**cfg, norm_eps=1e-6)).encoder
+    assert abs(encoder.cls_token.std().item() - 0.02) < 0.002
+    assert encoder.fc_norm.eps == 1e-6
+    encoder = MaskedAutoencoder(SpectrogramPatches(embed_dim=1024, num_frames=32, num_mel_bins=16), mae_tiny(**cfg, pooled_norm_eps=1e-4)).encoder
+    assert encoder.fc_norm.eps == 1e-4
+
+
+def test_grid_coordinates_are_row_major():
+    assert grid_coordinates((2, 3)).tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
