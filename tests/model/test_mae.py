@@ -7,6 +7,7 @@ from modalmae.checkpoint import load_encoder, load_pretrained, save_pretrained
 from modalmae.masking import random_masking
 from modalmae.model import MaskedAutoencoder, mae_base, mae_tiny
 from modalmae.model.transformer import window_attention_mask
+from modalmae.tokenizers.points import PointGroups
 from modalmae.tokenizers.positions import grid_coordinates
 from modalmae.tokenizers.spectrogram import SpectrogramPatches
 
@@ -160,8 +161,6 @@ def test_base_preset_is_vit_b():
 def test_local_decoder_windows_need_a_grid_of_their_rank():
     """Audio-MAE's local decoder attention: a window per grid axis. Point groups have no grid, a
     spectrogram's is 2-D: either refusal names the window."""
-    from modalmae.tokenizers.points import PointGroups
-
     points = PointGroups(embed_dim=48, num_groups=8, group_size=4)
     for tokenizer, window in ((points, (2, 2)), (SpectrogramPatches(embed_dim=48, num_frames=128, num_mel_bins=64), (2, 2, 2))):
         cfg = mae_tiny(encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, decoder_window=window)
@@ -186,8 +185,6 @@ def test_decoder_mask_token_starts_like_maes():
     model = MaskedAutoencoder(SpectrogramPatches(embed_dim=48, num_frames=128, num_mel_bins=64), mae_tiny(
         encoder_dim=48, encoder_heads=3, decoder_dim=1024, decoder_heads=8, decoder_depth=1))
     assert abs(model.decoder.mask_token.std().item() - 0.02) < 0.002
-    from modalmae.tokenizers.points import PointGroups
-
     points = MaskedAutoencoder(PointGroups(embed_dim=48, num_groups=8, group_size=4), mae_tiny(
         encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, norm_pix_loss=False))
     assert points.decoder.pos_every_block is True and model.decoder.pos_every_block is False
@@ -196,8 +193,6 @@ def test_decoder_mask_token_starts_like_maes():
 def test_positions_before_every_block_reach_a_cls_token_encoder():
     """Point-MAE adds the group centres' positions before every block; with a CLS token (which
     has none) they still do: other centres, other features."""
-    from modalmae.tokenizers.points import PointGroups
-
     torch.manual_seed(0)
     tok = PointGroups(embed_dim=48, num_groups=8, group_size=4)
     model = MaskedAutoencoder(tok, mae_tiny(encoder_dim=48, encoder_heads=3, decoder_dim=32, decoder_heads=2, norm_pix_loss=False, cls_token=True)).eval()

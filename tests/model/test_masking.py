@@ -98,14 +98,17 @@ def test_completion_masks_refuse_samples_with_different_counts(case):
         completion_masks(present, targets, 2)
 
 
-def test_tube_masks_are_made_on_the_device_asked_for():
+@pytest.mark.parametrize("make", [
+    lambda **kw: tube_masking(2, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(0), **kw),
+    lambda **kw: random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0), **kw),
+], ids=["tube", "random"])
+def test_masks_are_made_on_the_device_asked_for(make):
     """``device``: where the masks go, whatever the generator's (the meta device stands in for
     an accelerator's); without it they stay on the generator's. (A ratio per sample cannot be
     tried on meta: its padding reads counts with ``.item()``.)"""
-    masks = tube_masking(2, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(0), device="meta")
+    masks = make(device="meta")
     assert [t.device.type for t in (masks.ids_keep, masks.ids_masked, masks.mask)] == ["meta"] * 3
-    masks = tube_masking(2, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(0))
-    assert masks.mask.device.type == "cpu"
+    assert make().mask.device.type == "cpu"
 
 
 def test_masks_with_a_ratio_per_sample_cannot_be_joined():
@@ -115,8 +118,3 @@ def test_masks_with_a_ratio_per_sample_cannot_be_joined():
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         concat_masks([plain, padded])
 
-
-def test_random_masks_are_made_on_the_device_asked_for():
-    masks = random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0), device="meta")
-    assert [t.device.type for t in (masks.ids_keep, masks.ids_masked, masks.mask)] == ["meta"] * 3
-    assert random_masking(2, 8, 0.5, generator=torch.Generator().manual_seed(0)).mask.device.type == "cpu"

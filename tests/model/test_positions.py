@@ -1,10 +1,16 @@
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from modalmae.tokenizers.positions import grid_coordinates, sincos_grid
+from modalmae.tokenizers.positions import (
+    grid_coordinates,
+    sincos_1d,
+    sincos_grid,
+    sinusoid_table,
+)
 
 
 def mae_2d_reference(embed_dim, rows, cols):
@@ -42,10 +48,6 @@ def test_grid_coordinates_row_major():
 
 
 def test_sin_cos_tables_refuse_widths_they_cannot_split_evenly():
-    import re
-
-    from modalmae.tokenizers.positions import sincos_1d
-
     with pytest.raises(ValueError, match="^sin-cos embedding needs an even dim, got 7$"):
         sincos_1d(torch.arange(4), 7)
     for grid, dim, need in (((2, 2), 10, 4), ((2, 2, 2), 16, 6)):
@@ -56,7 +58,5 @@ def test_sin_cos_tables_refuse_widths_they_cannot_split_evenly():
 @pytest.mark.parametrize("dim", [6, 5])  # an odd width too: the last channel a sine
 def test_videomaes_table_interleaves_sines_and_cosines(dim):
     """VideoMAE's 1-D table: channel j is sin (even j) or cos (odd j) of p / 10000^(2 floor(j/2) / dim)."""
-    from modalmae.tokenizers.positions import sinusoid_table
-
     expected = [[(math.sin if j % 2 == 0 else math.cos)(p / 10000 ** (2 * (j // 2) / dim)) for j in range(dim)] for p in range(7)]
     torch.testing.assert_close(sinusoid_table(7, dim), torch.tensor(expected, dtype=torch.float32))

@@ -1,5 +1,7 @@
 """SpectrogramPatches: Audio-MAE's time-major grid of (time x frequency) patches, and its inverse."""
 
+import re
+
 import pytest
 import torch
 from einops import EinopsError
@@ -39,8 +41,6 @@ def test_unpatchify_refuses_patches_that_do_not_fit_its_grid(tokens, patch_dim):
 
 def test_defaults_are_audiomaes_and_bad_shapes_are_refused_by_exact_message():
     """Audio-MAE: 1024 frames x 128 mel bins in 16 x 16 patches, width 768."""
-    import re
-
     tok = SpectrogramPatches()
     assert (tok.embed_dim, tok.num_frames, tok.num_mel_bins) == (768, 1024, 128)
     for frames, bins in ((100, 128), (1024, 100)):  # one axis off at a time
