@@ -45,7 +45,7 @@ class PointMAEConfig(PretrainConfig):
     loss: str = arg("chamfer_l2", "Chamfer distance on the masked groups: squared (L2, Point-MAE) or not (L1)", choices=("chamfer_l2", "chamfer_l1"))
     augment: bool = arg(True, "Point-MAE's random per-axis scale (2/3 to 3/2) and shift (+-0.2)")
     max_points: int = arg(MAX_POINTS, "skip clouds of more points, refused from the .npy header before reading (as build_shards.py's flag)")
-    fast_grouping: bool = arg(True, "group with fpsample + scipy cKDTree in the loader when installed (same groups as the torch code)")
+    fast_grouping: bool = arg(True, "group with the numba-compiled kernels in the loader when installed (the [fast] extra; same groups as the torch code)")
 
 
 def build(cfg: PointMAEConfig) -> Pretraining:

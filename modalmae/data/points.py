@@ -5,7 +5,7 @@ Each sample's ``.npy`` holds float32 [M, 3 + C] (xyz first; see schema.py). Trai
 point sampling; clouds with fewer points are sampled with replacement), centres them and
 scales them into the unit sphere, then applies Point-MAE's ``PointcloudScaleAndTranslate``
 (per-axis scale in [2/3, 3/2], shift in [-0.2, 0.2]). The groups the tokenizer needs are formed
-here, in the DataLoader worker, where the CPU fast path (fpsample, numpy / cKDTree: the ``[fast]``
+here, in the DataLoader worker, where the CPU fast path (numba-compiled FPS and kNN: the ``[fast]``
 extra) applies; it gives the torch code's groups index for index, ties and duplicates included.
 
 A sample's ``.npy`` header is checked before its array is allocated (numpy allocates the
@@ -24,12 +24,12 @@ import torch
 
 from modalmae.formats.arrays import check_point_header
 from modalmae.formats.schema import MAX_POINTS
-from modalmae.tokenizers.points import fast_modules, fps_fast, fps_torch, group_points
+from modalmae.tokenizers.points import fast_kernels, fps_fast, fps_torch, group_points
 
 
 def fast_paths_available() -> bool:
     try:
-        fast_modules()
+        fast_kernels()
     except ImportError:
         return False
     return True
@@ -86,8 +86,10 @@ class PointDecoder:
         self.num_points, self.num_groups, self.group_size = num_points, num_groups, group_size
         self.sampling, self.augment, self.max_points = sampling, augment, max_points
         if fast:
-            fast_modules()  # asked for explicitly: say what is missing now, not at the first sample
+            fast_kernels()  # asked for explicitly: say what is missing now, not at the first sample
         self.fast = fast_paths_available() if fast is None else fast
+        if self.fast:  # compiled (or loaded from numba's cache) here: loader workers inherit it or read the cache
+            group_points(torch.zeros(1, 3), num_groups=1, group_size=1, fast=True)
 
     @classmethod
     def from_checkpoint(cls, config: dict, *, train: bool) -> PointDecoder:

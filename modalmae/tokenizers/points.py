@@ -18,15 +18,15 @@ indices, not merely points at the same places:
 - kNN: a centre's k members are the points with the k smallest (d, index), in that order:
   nearest first, equally near points by index (the centre, or a lower copy of it, first).
 Grouping is not learned, so it can run in DataLoader workers (``group_points``), where the CPU
-fast path (``fast=True``, the ``[fast]`` extra: fpsample's C++ FPS, and brute force in numpy or
-scipy's cKDTree for kNN) gives groups identical to the torch code's, index for index (tested).
+fast path (``fast=True``, the ``[fast]`` extra: FPS and kNN in one pass, compiled with numba in
+``point_kernels``) gives groups identical to the torch code's, index for index (tested).
 The tokenizer takes raw clouds [B, N, 3] or grouped ones packed as [B, G, 1 + k, 3] (centre
 first, then its k points relative to it).
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 from types import ModuleType
 
 import numpy as np
@@ -39,35 +39,24 @@ from modalmae.tokenizers.base import TokenizerBase, Tokens
 FAST_HINT = "pip install 'modalmae[fast]'"
 KNN_CHUNK = 1 << 17  # distances per kNN chunk on the CPU: small enough to stay in cache, large enough to amortize each op
 KNN_CHUNK_DEVICE = 1 << 24  # on an accelerator: fewer, larger launches; memory stays bounded (64 MB a tensor)
-BRUTE_MAX = 1 << 16  # fast kNN: brute force up to this many centre-point pairs, cKDTree above (measured crossover)
-TREE_MARGIN = 8  # fast kNN: extra cKDTree candidates, so that near-ties at the k-th neighbour are still seen
-_LOW32 = 0xFFFFFFFF
 
 
-def fast_modules() -> tuple[ModuleType, ModuleType]:
-    """(fpsample, scipy.spatial): the fast path's libraries, or an ImportError saying how to get
-    them, or that the installed fpsample breaks ties otherwise (``fast_paths_available`` is then
-    False, and the loader keeps to the torch path)."""
+def fast_kernels() -> ModuleType:
+    """The fast path's compiled kernels (``point_kernels``, numba), or an ImportError saying how
+    to get them."""
     try:
-        import fpsample
-        import scipy.spatial
+        return importlib.import_module("modalmae.tokenizers.point_kernels")
     except ImportError as e:
-        raise ImportError(f"the fast grouping path needs fpsample and scipy ({e.name} is missing): {FAST_HINT}") from e
-    _check_ties(fpsample)
-    return fpsample, scipy.spatial
+        raise ImportError(f"the fast grouping path needs numba ({e.name} is missing): {FAST_HINT}") from e
 
 
-@functools.cache
-def _check_ties(fpsample: ModuleType) -> None:
-    """Once per fpsample module: does its FPS pick what ``fps_torch`` picks on a shuffled integer
-    grid (every step a tie)? ``fps_fast`` relies on how its exact FPS breaks ties."""
-    grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-    grid = grid[np.random.default_rng(0).permutation(len(grid))]
-    if not np.array_equal(_fps_reversed(fpsample, grid, 12), fps_torch(torch.from_numpy(grid)[None], 12)[0].numpy()):
-        raise ImportError(
-            f"fpsample {getattr(fpsample, '__version__', '?')} breaks FPS ties unlike the torch path (the fast path "
-            "is tested with fpsample 1.0.2): pip install 'fpsample>=1.0,<2'"
-        )
+def _fast_array(points: np.ndarray, what: str) -> np.ndarray:
+    """A finite float32 [N, 3] array, C-contiguous, as the kernels take it."""
+    if points.dtype != np.float32 or points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"the fast path takes {what} as float32 [N, 3], got {points.dtype} {list(points.shape)}")
+    if not np.isfinite(points).all():
+        raise ValueError(f"the fast path takes finite {what}: NaN or infinity found")
+    return np.ascontiguousarray(points)
 
 
 def fps_torch(points: Tensor, num: int) -> Tensor:
@@ -91,30 +80,39 @@ def fps_torch(points: Tensor, num: int) -> Tensor:
 
 
 def fps_fast(points: np.ndarray, num: int) -> np.ndarray:
-    """``fps_torch`` on one float32 [N, 3] cloud in fpsample's C++ -> [num] int64, identical picks.
-
-    fpsample's exact FPS (``fps_sampling``: the same float32 arithmetic, built without FMA) keeps
-    the *last* of equally far points where ours keeps the first, so it runs on the reversed cloud,
-    starting from its last point (our point 0), and its indices are mapped back. Its faster
-    bucket variants (QuickFPS) are not used: in 1.0.2 they start from the ``start_idx``-th point
-    of their k-d tree's reordering rather than of the cloud, and they break ties in tree order,
-    which no reordering of the input turns into "lowest index"; checking a sequence for ties
-    needs every point's distance at every step, the exact FPS's own work.
-    """
-    fpsample, _ = fast_modules()
-    if points.dtype != np.float32 or points.ndim != 2:
-        raise ValueError(f"fast FPS takes one float32 cloud [N, 3], got {points.dtype} {list(points.shape)}")
-    if num > len(points):
-        raise ValueError(f"cannot pick {num} centres from {len(points)} points")
-    return _fps_reversed(fpsample, points, num)
+    """``fps_torch`` on one float32 cloud [N, 3], compiled -> [num] int64, identical picks."""
+    kernels = fast_kernels()
+    cloud = _fast_array(points, "one cloud")
+    if num > len(cloud):
+        raise ValueError(f"cannot pick {num} centres from {len(cloud)} points")
+    return kernels.group_clouds(cloud[None], max(num, 0), 0)[0, :, 0]
 
 
-def _fps_reversed(fpsample: ModuleType, points: np.ndarray, num: int) -> np.ndarray:
-    if num <= 0:
-        return np.zeros(0, dtype=np.int64)
-    n = len(points)
-    picks = fpsample.fps_sampling(points[::-1], num, start_idx=n - 1)
-    return (n - 1) - picks.astype(np.int64)
+def knn_fast(points: np.ndarray, centres: np.ndarray, k: int) -> np.ndarray:
+    """``knn_torch`` on one float32 cloud [N, 3] and its centres [G, 3], compiled -> [G, k]
+    int64, identical."""
+    kernels = fast_kernels()
+    cloud, centres = _fast_array(points, "points"), _fast_array(centres, "centres")
+    if k > len(cloud):
+        raise ValueError(f"cannot take {k} neighbours from {len(cloud)} points")
+    if k <= 0:
+        return np.zeros((len(centres), 0), dtype=np.int64)
+    return kernels.nearest_k(cloud, centres, k)
+
+
+def _fast_clouds(pts: Tensor, num_groups: int, group_size: int) -> np.ndarray:
+    """[B, N, 3] -> the clouds for the fast path, checked, with its message when numba is missing."""
+    fast_kernels()
+    if pts.dtype != torch.float32:
+        raise ValueError(f"the fast grouping path takes float32 points, got {pts.dtype}")
+    clouds = pts.detach().cpu().numpy()
+    if not np.isfinite(clouds).all():
+        raise ValueError("the fast path takes finite clouds: NaN or infinity found")
+    if num_groups > clouds.shape[1]:
+        raise ValueError(f"cannot pick {num_groups} centres from {clouds.shape[1]} points")
+    if group_size > clouds.shape[1]:
+        raise ValueError(f"cannot take {group_size} neighbours from {clouds.shape[1]} points")
+    return np.ascontiguousarray(clouds)
 
 
 def _smallest(d: Tensor, k: int) -> Tensor:
@@ -169,92 +167,15 @@ def _distances(planes: Tensor, centres: Tensor) -> Tensor:
     return d
 
 
-def _distances_np(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """One cloud [N, 3], centres [G, 3] -> d [G, N] float32, by ``_distances`` (torch's CPU
-    kernels are faster than numpy's here, and the arithmetic is the same)."""
-    planes = torch.from_numpy(np.ascontiguousarray(points.T))[:, None]  # [3, 1, N]
-    return _distances(planes, torch.from_numpy(centres)[..., None]).numpy()
-
-
-def _smallest_keys_np(d: np.ndarray, k: int, index: np.ndarray | None = None) -> np.ndarray:
-    """Rows of d [G, M] (float32, >= 0) -> sorted uint64 keys [G, k] of their k smallest
-    (d, index): the float's bits above (they order as the floats do), the index (default: the
-    column) below."""
-    ids = np.arange(d.shape[1], dtype=np.uint64) if index is None else index.astype(np.uint64)
-    keys = (d.view(np.uint32).astype(np.uint64) << np.uint64(32)) | ids
-    if k < d.shape[1]:
-        keys = np.partition(keys, k - 1, axis=1)[:, :k]
-    keys.sort(axis=1)
-    return keys
-
-
-def _key_index(keys: np.ndarray) -> np.ndarray:
-    return (keys & np.uint64(_LOW32)).astype(np.int64)
-
-
-def _key_distance(keys: np.ndarray) -> np.ndarray:
-    return (keys >> np.uint64(32)).astype(np.uint32).view(np.float32)
-
-
-def knn_fast(points: np.ndarray, centres: np.ndarray, k: int, *, method: str = "auto") -> np.ndarray:
-    """``knn_torch`` on one float32 cloud [N, 3] and its centres [G, 3] -> [G, k] int64, identical.
-
-    ``brute``: every distance, selected with (distance, index) keys. ``tree``: scipy's cKDTree
-    (float64) proposes k + ``TREE_MARGIN`` candidates per centre, ranked exactly in float32; a
-    centre keeps them when every other point is provably farther than its k-th (the float32 d
-    is within 1e-6 relative of the true distance, and no other point is nearer than cKDTree's
-    last candidate), else (many duplicates, or ties across the margin) brute force redoes it.
-    ``auto``: brute up to ``BRUTE_MAX`` centre-point pairs, where it is the faster.
-    """
-    _, spatial = fast_modules()
-    if points.dtype != np.float32 or centres.dtype != np.float32:
-        raise ValueError(f"fast kNN takes float32 points and centres, got {points.dtype} and {centres.dtype}")
-    n, g = len(points), len(centres)
-    if k > n:
-        raise ValueError(f"cannot take {k} neighbours from {n} points")
-    if method not in ("auto", "brute", "tree"):
-        raise ValueError(f"unknown kNN method {method!r}: auto, brute or tree")
-    if method == "auto":
-        method = "brute" if g * n <= BRUTE_MAX else "tree"
-    if method == "brute" or k + TREE_MARGIN >= n:
-        return _key_index(_smallest_keys_np(_distances_np(points, centres), k))
-    found, cand = spatial.cKDTree(points, balanced_tree=False, compact_nodes=False).query(centres, k=k + TREE_MARGIN)
-    delta = points[cand] - centres[:, None]  # [G, k + margin, 3]
-    d = (delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1]) + delta[..., 2] * delta[..., 2]
-    keys = _smallest_keys_np(d, k, cand)
-    floor = found[:, -1] ** 2  # every point outside the candidates is at least this far (float64)
-    # 1e-30: below it float32 subnormals make rounding errors large relative to d
-    proven = (floor * (1 - 1e-6) > _key_distance(keys[:, -1])) & (floor > 1e-30)
-    out = _key_index(keys)
-    if not proven.all():
-        redo = np.flatnonzero(~proven)
-        out[redo] = _key_index(_smallest_keys_np(_distances_np(points, centres[redo]), k))
-    return out
-
-
-def _fast_clouds(pts: Tensor) -> np.ndarray:
-    """[B, N, 3] -> numpy for the fast path, with its message when fpsample or scipy is missing."""
-    fast_modules()
-    if pts.dtype != torch.float32:
-        raise ValueError(f"the fast grouping path takes float32 points, got {pts.dtype}")
-    return pts.detach().cpu().numpy()
-
-
-def _group_cloud(cloud: np.ndarray, num_groups: int, group_size: int) -> np.ndarray:
-    """One float32 cloud [N, 3] -> indices [G, 1 + k] on the fast path."""
-    centre_idx = fps_fast(cloud, num_groups)
-    return np.concatenate([centre_idx[:, None], knn_fast(cloud, cloud[centre_idx], group_size)], axis=1)
-
-
 def group_indices(points: Tensor, *, num_groups: int, group_size: int, fast: bool = False) -> Tensor:
     """[B, N, 3] (or one [N, 3] cloud) -> indices [B, G, 1 + k] (or [G, 1 + k]): each centre,
-    then its k nearest points. ``fast``: fpsample + numpy / cKDTree on the CPU, a cloud at a
-    time (float32 only), giving the same indices as the torch code."""
+    then its k nearest points. ``fast``: the compiled kernels on the CPU, a cloud at a time
+    (finite float32 only), giving the same indices as the torch code."""
     single = points.ndim == 2
     pts = points[None] if single else points
     if fast:
-        index = torch.from_numpy(np.stack([_group_cloud(c, num_groups, group_size) for c in _fast_clouds(pts)]))
-        index = index.to(pts.device)
+        clouds = _fast_clouds(pts, num_groups, group_size)
+        index = torch.from_numpy(fast_kernels().group_clouds(clouds, num_groups, group_size)).to(pts.device)
     else:
         centre_idx = fps_torch(pts, num_groups)
         centres = torch.gather(pts, 1, centre_idx[..., None].expand(-1, -1, 3))
@@ -262,22 +183,14 @@ def group_indices(points: Tensor, *, num_groups: int, group_size: int, fast: boo
     return index[0] if single else index
 
 
-def pack_groups(cloud: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """One cloud [N, 3] and its group indices [G, 1 + k] -> packed [G, 1 + k, 3], the same
-    floats as the torch path's (in numpy: cheaper than torch's indexing for one cloud)."""
-    grouped = cloud[index]
-    grouped[:, 1:] -= grouped[:, :1]
-    return grouped
-
-
 def group_points(points: Tensor, *, num_groups: int, group_size: int, fast: bool = False) -> Tensor:
     """[B, N, 3] (or one [N, 3] cloud) -> packed groups [B, G, 1 + k, 3]: centre, then its k
-    nearest points relative to it. ``fast`` uses fpsample + numpy / cKDTree (CPU, same groups)."""
+    nearest points relative to it. ``fast`` uses the compiled kernels (CPU, same groups)."""
     single = points.ndim == 2
     pts = points[None] if single else points
     if fast:
-        clouds = _fast_clouds(pts)
-        packed = np.stack([pack_groups(c, _group_cloud(c, num_groups, group_size)) for c in clouds])
+        clouds, kernels = _fast_clouds(pts, num_groups, group_size), fast_kernels()
+        packed = kernels.pack_clouds(clouds, kernels.group_clouds(clouds, num_groups, group_size))
         grouped = torch.from_numpy(packed).to(pts.device)
     else:
         index = group_indices(pts, num_groups=num_groups, group_size=group_size)

@@ -54,8 +54,7 @@ def test_choose_points():
 
 
 def test_choose_points_fps_fast_is_identical():
-    pytest.importorskip("fpsample")
-    pytest.importorskip("scipy")
+    pytest.importorskip("numba")
     pts = real_cloud()[:, :3]
     for seed in range(3):
         fps = choose_points(pts, 256, rng=np.random.default_rng(seed), sampling="fps", fast=False)
@@ -74,8 +73,7 @@ def test_decoder_output():
 def test_decoder_fast_grouping_is_identical(num_points, sampling):
     """The loader's groups, fast path and torch path, bit for bit; 8192 points from the 5,210 of
     the scan are drawn with replacement, so the cloud holds duplicates (exact ties)."""
-    pytest.importorskip("fpsample")
-    pytest.importorskip("scipy")
+    pytest.importorskip("numba")
     sample = {"npy": npy(real_cloud()), "__key__": "k"}
     kwargs = {"num_points": num_points, "num_groups": 64, "group_size": 32, "sampling": sampling}
     for seed in range(2):
