@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -24,6 +25,7 @@ MAX_VOXELS = 2**27
 MAX_BYTES = 2**31
 GZIP_MAGIC = b"\x1f\x8b"
 INPUT_SLICE = 1 << 16  # compressed bytes handed to zlib at a time
+OUTPUT_SLICE = 1 << 16  # inflated bytes at a time when they are only checked, not kept (stays in cache)
 
 
 class VolumeTooLarge(ValueError):
@@ -34,20 +36,40 @@ def inflate(data: bytes, size: int) -> bytes:
     """The first ``size`` bytes of gzip ``data`` (one or more members), or all of them when it
     holds fewer. Nothing past ``size`` is inflated and the input is fed in slices, so memory
     stays within ``size`` plus a slice, whatever the file would grow to."""
-    view, pos, chunks, got = memoryview(data), 0, [], 0
+    return b"".join(_inflated(data, size))
+
+
+def inflated_size(data: bytes, size: int) -> int:
+    """How many bytes ``inflate(data, size)`` gives, inflated ``OUTPUT_SLICE`` at a time and
+    never held: the same decoding and the same errors, without a ``size``-byte result."""
+    return sum(len(chunk) for chunk in _inflated(data, size, OUTPUT_SLICE))
+
+
+def _inflated(data: bytes, size: int, out_slice: int | None = None) -> Iterator[bytes]:
+    """``inflate``'s bytes in pieces of at most ``out_slice`` (None: as zlib gives them)."""
+    view, pos, got = memoryview(data), 0, 0
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     while got < size and pos < len(view):
         piece = view[pos : pos + INPUT_SLICE]
-        try:
-            chunk = inflater.decompress(piece, size - got)  # max_length: never more than still wanted
-        except zlib.error as e:
-            raise ValueError(f"corrupt gzip stream ({e})") from None
-        chunks.append(chunk)
-        got += len(chunk)
-        pos += len(piece) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
-        if inflater.eof:  # a member ends: another may follow
+        todo = piece
+        while got < size:
+            want = size - got if out_slice is None else min(out_slice, size - got)
+            try:
+                chunk = inflater.decompress(todo, want)  # max_length: never more than wanted
+            except zlib.error as e:
+                raise ValueError(f"corrupt gzip stream ({e})") from None
+            got += len(chunk)
+            yield chunk
+            if inflater.eof:
+                break
+            todo = inflater.unconsumed_tail
+            if not todo and len(chunk) < want:  # the slice is used up and zlib holds nothing back
+                break
+        if inflater.eof:  # a member ends: another may follow, from what zlib left unused
+            pos += len(piece) - len(inflater.unused_data)
             inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    return b"".join(chunks)
+        else:
+            pos += len(piece) - len(inflater.unconsumed_tail)
 
 
 def _image_class(head: bytes):
@@ -117,19 +139,43 @@ def load_nifti_header(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: i
     return klass.from_bytes(inflate(data, max(offset, klass.header_class.sizeof_hdr + 4)))
 
 
-def check_float32_voxels(img) -> None:
-    """``float32_voxels``' check without keeping (or, where it can be proved, making) the array:
-    an integer volume whose type's whole range, scaled by scl_slope / scl_inter, stays within
-    float32 has no voxel that could be NaN or inf, so only float volumes and extreme scalings are
-    converted. ValueError as ``float32_voxels`` gives."""
+def check_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
+    """What ``load_nifti`` then ``check_float32_voxels`` check, every voxel read: the same
+    errors, and an image with the same header, shape and affine (its voxels may not be there).
+
+    Where the header proves every voxel finite (``finite_by_type``), a gzipped file's voxels are
+    inflated only to be counted, a slice at a time: they are never assembled into one array,
+    which halves the memory traffic of checking a volume (and so lets parallel builds scale).
+    """
+    if data[:2] == GZIP_MAGIC:
+        img = load_nifti_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
+        if finite_by_type(img):
+            _, _, size = _checked_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
+            if (got := inflated_size(data, size)) < size:
+                raise ValueError(f"truncated: the header declares {size} bytes, the file holds {got}")
+            return img
+    img = load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)
+    check_float32_voxels(img)
+    return img
+
+
+def finite_by_type(img) -> bool:
+    """Whether the header alone proves every voxel finite as float32: an integer volume whose
+    type's whole range, scaled by scl_slope / scl_inter, stays within float32."""
     dtype = img.get_data_dtype()
-    if dtype.kind in "iub":
-        slope, inter = (float(getattr(img.dataobj, name, default)) for name, default in (("slope", 1.0), ("inter", 0.0)))
-        info = np.iinfo(dtype) if dtype.kind in "iu" else np.iinfo(np.uint8)
-        largest = max(abs(info.min), abs(info.max)) * abs(slope) + abs(inter)  # in float64: exact enough to bound
-        if math.isfinite(slope) and math.isfinite(inter) and largest < 0.5 * float(np.finfo(np.float32).max):
-            return
-    float32_voxels(img)
+    if dtype.kind not in "iub":
+        return False
+    slope, inter = (float(getattr(img.dataobj, name, default)) for name, default in (("slope", 1.0), ("inter", 0.0)))
+    info = np.iinfo(dtype) if dtype.kind in "iu" else np.iinfo(np.uint8)
+    largest = max(abs(info.min), abs(info.max)) * abs(slope) + abs(inter)  # in float64: exact enough to bound
+    return math.isfinite(slope) and math.isfinite(inter) and largest < 0.5 * float(np.finfo(np.float32).max)
+
+
+def check_float32_voxels(img) -> None:
+    """``float32_voxels``' check without keeping (or, where ``finite_by_type`` proves it, making)
+    the array. ValueError as ``float32_voxels`` gives."""
+    if not finite_by_type(img):
+        float32_voxels(img)
 
 
 def float32_voxels(img) -> np.ndarray:

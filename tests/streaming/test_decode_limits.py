@@ -21,7 +21,10 @@ from modalmae.data.audio import read_window
 from modalmae.data.mri import MRIDecoder
 from modalmae.data.points import PointDecoder, load_cloud
 from modalmae.data.video import VideoDecoder, decode_pyav, make_clip
-from modalmae.formats.nifti import MAX_VOXELS, VolumeTooLarge, inflate, load_nifti
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modalmae.formats.nifti import MAX_VOXELS, VolumeTooLarge, check_nifti, inflate, inflated_size, load_nifti
 
 ICBM = DATA / "mri" / "icbm152"
 CLIP = (DATA / "video" / "carphone_pristine.mp4").read_bytes()  # 176 x 144, 120 frames, one keyframe
@@ -82,6 +85,54 @@ def test_only_the_declared_voxels_are_ever_inflated():
     img, peak = peak_bytes(load_nifti, bomb)
     assert np.array_equal(np.asanyarray(img.dataobj), volume) and peak < 2**20
     assert len(inflate(bomb, 10**6)) == 10**6  # and the inflater stops where asked, across members
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300_000), min_size=1, max_size=3),
+    kind=st.sampled_from(["zeros", "random", "mixed"]),
+    cut=st.integers(0, 400_000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_counting_inflates_what_inflate_gives(sizes, kind, cut, seed):
+    """``inflated_size`` feeds zlib the same slices as ``inflate`` but takes its output 64 KiB at
+    a time: members of zeros (a 64 KiB slice holds megabytes), random bytes (no compression),
+    several members, cut anywhere."""
+    rng = np.random.default_rng(seed)
+    raw = [bytes(n) if kind == "zeros" or (kind == "mixed" and i % 2) else rng.bytes(n) for i, n in enumerate(sizes)]
+    data = b"".join(gzip.compress(r, mtime=0) for r in raw)
+    for size in (cut, sum(sizes), 2**31):
+        assert inflated_size(data, size) == len(inflate(data, size)) == min(size, sum(sizes))
+
+
+def test_checking_a_gzipped_integer_volume_never_holds_its_voxels():
+    """The builder's full check inflates every voxel of an integer volume (proved finite by its
+    type) to count it, never assembling them: the same header and grid as ``load_nifti``, the
+    same refusals of a cut or corrupt stream, in memory that does not grow with the volume."""
+    t1 = np.asanyarray(nib.load(ICBM / "t1.nii.gz").dataobj)  # 66 x 78 x 63 uint8
+    volume = np.tile(t1, (2, 2, 4))  # 132 x 156 x 252: 5.2 MB of voxels
+    data = gzip.compress(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 1.0, 1.0])).to_bytes(), mtime=0)
+    img, peak = peak_bytes(check_nifti, data)
+    full, full_peak = peak_bytes(load_nifti, data)
+    assert img.shape == full.shape == volume.shape and np.array_equal(img.affine, full.affine) and img.header == full.header
+    assert peak < 1_000_000 < volume.nbytes < full_peak
+    cut = rf"^truncated: the header declares {352 + volume.nbytes} bytes, the file holds \d+$"
+    for check in (check_nifti, load_nifti):
+        with pytest.raises(ValueError, match=cut):
+            check(data[: len(data) // 2])
+
+    def outcome(check, bad):
+        try:
+            check(bad)
+            return "read"
+        except ValueError as e:
+            return str(e)
+
+    # Damaged deflate data (bytes inverted here and there): refused alike, or read alike.
+    damaged = [data[:at] + bytes(b ^ 0xFF for b in data[at : at + 64]) + data[at + 64 :] for at in range(1000, len(data) - 64, 9000)]
+    outcomes = [outcome(check_nifti, bad) for bad in damaged]
+    assert outcomes == [outcome(load_nifti, bad) for bad in damaged]
+    assert any(o.startswith("corrupt gzip stream") for o in outcomes)
 
 
 def test_truncated_and_foreign_files_say_what_they_are():
