@@ -69,6 +69,8 @@ class ShardBuilder:
     find_jobs: Callable[[Path, Any], tuple[list[Job], Counter]] | None = None
     # (options, root) -> None, raising ValueError / OSError on options that cannot work, before any decoding
     check: Callable[[Any, Path], None] | None = None
+    # modules ``prepare`` imports lazily: imported once where worker processes start, not in each
+    preload: tuple[str, ...] = ()
 
 
 class NoInputError(FileNotFoundError):
@@ -256,7 +258,7 @@ def build_shards(
             workers = max(1, min(workers or default_workers(), sum(len(t.jobs) for t in todo) or 1))
             run_local(
                 todo, run, done, workers=workers, retries=retries, prepare=builder.prepare, options=options,
-                preload=[builder.prepare.__module__],
+                preload=[builder.prepare.__module__, *builder.preload],
             )
     elapsed = time.perf_counter() - started
 
