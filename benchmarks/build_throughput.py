@@ -17,15 +17,17 @@ only copies bytes); x 1 worker: over the same engine with one worker; check: wor
 file spent preparing (decoding, validating at ``--validate`` depth); writer: share of the
 workers' time spent encoding and writing the tars.
 
-Measured on 2026-11-30, 2 CPU cores (x 1 worker: median over 3 rounds; the first round of a
-process also starts the forkserver, the range's low end):
-    audio  200 MB WAV   local x2 1.75x (0.56-1.79), ray x2 1.54x; check 0.5 ms/file, writer 31 %
-    video  40 MB        local x2 1.76x (1.40-1.76); check 154 ms/file, writer 0.6 %
-    image  150 MB       local x2 1.80x (1.04-1.87); check 6.2 ms/file, writer 7 %
-    points 20 MB        local x2 1.72x (1.10-1.74); check 79 ms/file, writer 0.7 %
-    mri    60 MB (--input .../mri/mni152 --max-count 2)  local x2 1.62x; check 142 ms/subject, writer 3.6 %
-The writer's work is sha256 and one copy (~1 GB/s): a third of the time beside WAV's nearly free
-check, a few percent beside any real decode.
+Measured on 2026-11-30, 2 CPU cores, local engine (x 1 worker: median over 3 rounds, after an
+untimed build that starts the local engine's forkserver, a cost paid once per process):
+    audio  200 MB WAV   local x2 1.69x (0.55-1.75); check 0.4 ms/file, writer 32 %
+    video  40 MB        local x2 1.90x (1.49-1.91); check 153 ms/file, writer 0.6 %
+    image  150 MB (--input ../shared/media/images)  local x2 1.81x (0.99-1.85); check 6.2 ms/file, writer 7 %
+    points 20 MB        local x2 1.87x (1.21-1.92); check 79 ms/file, writer 0.7 %
+    mri    60 MB (--input .../mri/mni152 --max-count 2)  local x2 1.76x (0.55-1.76); check 65 ms/subject, writer 7 %
+    (earlier, with Ray: audio ray x2 1.54x)
+The writer's work is sha256 and one copy: for WAV, whose check is nearly free, sha256 alone
+(1.4 GB/s here, 0.1 ms for a 150 kB file) is a quarter of the check's time; beside any real
+decode the writer is a few percent.
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         variants = [("tar", None, 1, None)] + [
             (engine, depth, int(w), None) for engine in args.engines.split(",") for depth in depths for w in args.workers.split(",")
         ]
+        if "local" in args.engines.split(","):  # untimed: starts the forkserver and reads the corpus into the page cache
+            build_shards(
+                builder=builder, input_dir=root, output_dir=work / "warm-up", max_count=args.max_count,
+                workers=max(int(w) for w in args.workers.split(",")), progress=False, overwrite=True,
+            )
+            shutil.rmtree(work / "warm-up")
         seconds: dict[tuple, list[float]] = {v: [] for v in variants}
         shares: dict[tuple, list[tuple[float, float]]] = {v: [] for v in variants}
         for r in range(args.rounds):

@@ -278,3 +278,25 @@ def test_size_parsing():
     assert cli.parse_size("2g") == 2 * 10**9
     assert cli.parse_size("512MiB") == 512 * 2**20
     assert cli.parse_size("1.5k") == 1500
+
+
+@pytest.mark.parametrize(
+    ("subtype", "fmt", "stored", "dtype"),
+    [
+        ("PCM_16", "WAV", True, "int16"),  # checked only: integer samples are finite by type
+        ("PCM_24", "FLAC", True, "int16"),
+        ("FLOAT", "WAV", True, "float32"),  # could hold NaN: converted and checked
+        ("PCM_16", "WAV", False, "float32"),  # transcoded: resampled as floats
+    ],
+)
+def test_stored_integer_audio_is_decoded_without_the_float_conversion(monkeypatch, subtype, fmt, stored, dtype):
+    """Every frame is still decoded (a cut file is still found, see BAD); only the dtype differs."""
+    signal = np.sin(np.arange(48_000) / 7.0).astype(np.float32)[:, None] * 0.5
+    buffer = io.BytesIO()
+    sf.write(buffer, signal, 16_000, format=fmt, subtype=subtype)
+    asked = []
+    real = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, *a, **k: asked.append(k.get("dtype")) or real(self, *a, **k))
+    blocks, _ = audio.open_blocks(buffer.getvalue(), "." + fmt.lower(), stored=stored)
+    frames = sum(len(block) for block, _ in audio.finite_blocks(blocks))
+    assert frames == 48_000 and set(asked) == {dtype}
