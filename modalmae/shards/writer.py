@@ -22,9 +22,11 @@ builder plans its shards itself and writes each with a ``TarShard``).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
+import sys
 import tarfile
 from pathlib import Path
 
@@ -34,6 +36,7 @@ BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK  # two zero blocks
 RECORD = tarfile.RECORDSIZE  # tarfile pads a closed archive to whole records of 20 blocks
 
+WRITEBACK_BYTES = 4 << 20  # written bytes after which the kernel is asked to start putting them on disk
 _PREFIX, _SUFFIX = SHARD_PATTERN.split("{index:06d}")
 STATS_SUFFIX = ".stats.json"  # the builder's record of one shard, next to it (``modalmae.shards.build``)
 # Names this writer and the builder own in an output folder: finished shards, their records and
@@ -41,6 +44,31 @@ STATS_SUFFIX = ".stats.json"  # the builder's record of one shard, next to it (`
 OWN_NAMES = re.compile(
     re.escape(_PREFIX) + r"[0-9]{6,}(" + re.escape(_SUFFIX) + "|" + re.escape(STATS_SUFFIX) + r")(\.tmp)?"
 )
+
+
+def _sync_file_range():
+    """glibc's / musl's ``sync_file_range`` (Linux), or None: Python's os module lacks it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes, call.restype = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+    return call
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages; do not wait for them
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` from ``offset`` to disk, and
+    return at once (Linux; elsewhere nothing). The shard's final fsync then waits only for the
+    bytes written since, so a worker's disk writes overlap its next files' decoding instead of
+    stalling it at the end of every shard. Advisory: a failure changes nothing but the timing."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -115,6 +143,7 @@ class TarShard:
         self._sha256 = hashlib.sha256()
         self.num_samples = 0
         self.bytes = 0  # written so far: headers and padded data
+        self._written_back = 0  # bytes whose writeback has been started
 
     def _write(self, data: bytes) -> None:
         self._sha256.update(data)
@@ -130,6 +159,10 @@ class TarShard:
                 self._write(bytes(pad))
             self.bytes += len(header) + len(data) + pad
         self.num_samples += 1
+        if self.bytes - self._written_back >= WRITEBACK_BYTES:
+            self._file.flush()
+            start_writeback(self._file.fileno(), self._written_back, self.bytes - self._written_back)
+            self._written_back = self.bytes
 
     def finish(self, *, sync: bool = True) -> dict:
         """End the archive and (``sync``) make it durable: {"num_samples", "bytes", "sha256"}."""
