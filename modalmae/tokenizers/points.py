@@ -50,13 +50,21 @@ def fast_kernels() -> ModuleType:
         raise ImportError(f"the fast grouping path needs numba ({e.name} is missing): {FAST_HINT}") from e
 
 
-def _fast_array(points: np.ndarray, what: str) -> np.ndarray:
-    """A finite float32 [N, 3] array, C-contiguous, as the kernels take it."""
-    if points.dtype != np.float32 or points.ndim != 2 or points.shape[1] != 3:
-        raise ValueError(f"the fast path takes {what} as float32 [N, 3], got {points.dtype} {list(points.shape)}")
+def _fast_array(points: np.ndarray, what: str, *, batched: bool = False) -> np.ndarray:
+    """A finite float32 [N, 3] array (``batched``: [B, N, 3]), C-contiguous, as the kernels take it."""
+    ndim, shape = (3, "[B, N, 3]") if batched else (2, "[N, 3]")
+    if points.dtype != np.float32 or points.ndim != ndim or points.shape[-1] != 3:
+        raise ValueError(f"the fast path takes {what} as float32 {shape}, got {points.dtype} {list(points.shape)}")
     if not np.isfinite(points).all():
         raise ValueError(f"the fast path takes finite {what}: NaN or infinity found")
     return np.ascontiguousarray(points)
+
+
+def _check_counts(n: int, *, centres: int = 0, neighbours: int = 0) -> None:
+    if centres > n:
+        raise ValueError(f"cannot pick {centres} centres from {n} points")
+    if neighbours > n:
+        raise ValueError(f"cannot take {neighbours} neighbours from {n} points")
 
 
 def fps_torch(points: Tensor, num: int) -> Tensor:
@@ -81,20 +89,16 @@ def fps_torch(points: Tensor, num: int) -> Tensor:
 
 def fps_fast(points: np.ndarray, num: int) -> np.ndarray:
     """``fps_torch`` on one float32 cloud [N, 3], compiled -> [num] int64, identical picks."""
-    kernels = fast_kernels()
-    cloud = _fast_array(points, "one cloud")
-    if num > len(cloud):
-        raise ValueError(f"cannot pick {num} centres from {len(cloud)} points")
+    kernels, cloud = fast_kernels(), _fast_array(points, "one cloud")
+    _check_counts(len(cloud), centres=num)
     return kernels.group_clouds(cloud[None], max(num, 0), 0)[0, :, 0]
 
 
 def knn_fast(points: np.ndarray, centres: np.ndarray, k: int) -> np.ndarray:
     """``knn_torch`` on one float32 cloud [N, 3] and its centres [G, 3], compiled -> [G, k]
     int64, identical."""
-    kernels = fast_kernels()
-    cloud, centres = _fast_array(points, "points"), _fast_array(centres, "centres")
-    if k > len(cloud):
-        raise ValueError(f"cannot take {k} neighbours from {len(cloud)} points")
+    kernels, cloud, centres = fast_kernels(), _fast_array(points, "points"), _fast_array(centres, "centres")
+    _check_counts(len(cloud), neighbours=k)
     if k <= 0:
         return np.zeros((len(centres), 0), dtype=np.int64)
     return kernels.nearest_k(cloud, centres, k)
@@ -105,14 +109,9 @@ def _fast_clouds(pts: Tensor, num_groups: int, group_size: int) -> np.ndarray:
     fast_kernels()
     if pts.dtype != torch.float32:
         raise ValueError(f"the fast grouping path takes float32 points, got {pts.dtype}")
-    clouds = pts.detach().cpu().numpy()
-    if not np.isfinite(clouds).all():
-        raise ValueError("the fast path takes finite clouds: NaN or infinity found")
-    if num_groups > clouds.shape[1]:
-        raise ValueError(f"cannot pick {num_groups} centres from {clouds.shape[1]} points")
-    if group_size > clouds.shape[1]:
-        raise ValueError(f"cannot take {group_size} neighbours from {clouds.shape[1]} points")
-    return np.ascontiguousarray(clouds)
+    clouds = _fast_array(pts.detach().cpu().numpy(), "clouds", batched=True)
+    _check_counts(clouds.shape[1], centres=num_groups, neighbours=group_size)
+    return clouds
 
 
 def _smallest(d: Tensor, k: int) -> Tensor:
