@@ -470,3 +470,21 @@ def test_fast_knn_refuses_other_dtypes_and_says_which(points, centres, says):
     needs_fast_path()
     with pytest.raises(ValueError, match=f"^the fast path takes {re.escape(says)}$"):
         knn_fast(np.zeros((8, 3), points), np.zeros((2, 3), centres), 2)
+
+
+def test_fast_path_names_a_batch_it_cannot_take():
+    needs_fast_path()
+    with pytest.raises(ValueError, match=r"^the fast path takes clouds as float32 \[B, N, 3\], got float32 \[2, 8, 4\]$"):
+        group_points(torch.zeros(2, 8, 4), num_groups=2, group_size=2, fast=True)
+
+
+def test_fast_path_takes_nothing_from_nothing():
+    """No centres of an empty cloud, no neighbours of any centre: empty int64 results, not a
+    refusal (and no kernel asked for a 0-wide selection)."""
+    needs_fast_path()
+    empty, points = np.zeros((0, 3), np.float32), cloud(32).numpy()
+    got = fps_fast(empty, 0)
+    assert got.shape == (0,) and got.dtype == np.int64
+    for cloud_, centres in ((empty, points[:3]), (points, points[:3])):
+        got = knn_fast(cloud_, centres, 0)
+        assert got.shape == (3, 0) and got.dtype == np.int64
