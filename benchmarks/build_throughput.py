@@ -17,17 +17,18 @@ only copies bytes); x 1 worker: over the same engine with one worker; check: wor
 file spent preparing (decoding, validating at ``--validate`` depth); writer: share of the
 workers' time spent encoding and writing the tars.
 
-Measured on 2026-11-30, 2 CPU cores, local engine (x 1 worker: median over 3 rounds, after an
-untimed build that starts the local engine's forkserver, a cost paid once per process):
-    audio  200 MB WAV   local x2 1.69x (0.55-1.75); check 0.4 ms/file, writer 32 %
-    video  40 MB        local x2 1.90x (1.49-1.91); check 153 ms/file, writer 0.6 %
-    image  150 MB (--input ../shared/media/images)  local x2 1.81x (0.99-1.85); check 6.2 ms/file, writer 7 %
-    points 20 MB        local x2 1.87x (1.21-1.92); check 79 ms/file, writer 0.7 %
-    mri    60 MB (--input .../mri/mni152 --max-count 2)  local x2 1.76x (0.55-1.76); check 65 ms/subject, writer 7 %
+Measured on 2026-11-30, 2 CPU cores, local engine (median over 5 rounds, after an untimed build
+that starts the local engine's forkserver, a cost paid once per process):
+    audio  200 MB WAV   1 worker 2046 files/s, x2 1.56x (1.45-1.63); check 0.2 ms/file, writer 47 %
+    video  40 MB        x2 1.91x (1.86-1.94); check 154 ms/file, writer 0.7 %
+    image  150 MB (--input ../shared/media/images)  x2 1.84x (1.80-1.86); check 6.1 ms/file, writer 7 %
+    points 20 MB        x2 1.94x (1.88-2.03); check 79 ms/file, writer 0.7 %
+    mri    60 MB (--input .../mri/mni152 --max-count 2)  x2 1.81x (1.76-2.06); check 65 ms/subject, writer 8 %
     (earlier, with Ray: audio ray x2 1.54x)
-The writer's work is sha256 and one copy: for WAV, whose check is nearly free, sha256 alone
-(1.4 GB/s here, 0.1 ms for a 150 kB file) is a quarter of the check's time; beside any real
-decode the writer is a few percent.
+The writer's work is sha256 and one copy: for WAV, whose check is nearly free (integer PCM is
+read without a float conversion), sha256 alone (1.4 GB/s here, 0.1 ms for a 150 kB file) is half
+the check's time; beside any real decode the writer is a few percent. With 2 workers a WAV build
+keeps both cores about 90 % busy (/proc/stat), and takes 11 % more CPU time than with one.
 """
 
 from __future__ import annotations
