@@ -122,8 +122,12 @@ def load_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MA
     if data[:2] == GZIP_MAGIC:
         data = inflate(data, size)
     if len(data) < size:
-        raise ValueError(f"truncated: the header declares {size} bytes, the file holds {len(data)}")
+        raise _truncated(size, len(data))
     return klass.from_bytes(data)
+
+
+def _truncated(size: int, held: int) -> ValueError:
+    return ValueError(f"truncated: the header declares {size} bytes, the file holds {held}")
 
 
 def load_nifti_header(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = MAX_BYTES):
@@ -134,8 +138,12 @@ def load_nifti_header(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: i
     if data[:2] != GZIP_MAGIC:
         return load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)  # nibabel reads plain voxels lazily
     klass, offset, _ = _checked_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
-    # The header and its extensions (at least the 4 bytes saying whether any follow, as nibabel
-    # reads them even when vox_offset is unset); the voxels' proxy is never read.
+    return _header_image(data, klass, offset)
+
+
+def _header_image(data: bytes, klass, offset: int):
+    """The image of a gzipped file's header and extensions (at least the 4 bytes saying whether
+    any follow, as nibabel reads them even when vox_offset is unset); the voxels' proxy is never read."""
     return klass.from_bytes(inflate(data, max(offset, klass.header_class.sizeof_hdr + 4)))
 
 
@@ -149,11 +157,11 @@ def check_nifti(data: bytes, *, max_voxels: int = MAX_VOXELS, max_bytes: int = M
     memory traffic, which is also what lets parallel builds scale).
     """
     if data[:2] == GZIP_MAGIC:
-        img = load_nifti_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
+        klass, offset, size = _checked_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
+        img = _header_image(data, klass, offset)
         if finite_by_type(img):
-            _, _, size = _checked_header(data, max_voxels=max_voxels, max_bytes=max_bytes)
             if (got := inflated_size(data, size)) < size:
-                raise ValueError(f"truncated: the header declares {size} bytes, the file holds {got}")
+                raise _truncated(size, got)
             return img
     img = load_nifti(data, max_voxels=max_voxels, max_bytes=max_bytes)
     check_float32_voxels(img)
