@@ -144,21 +144,26 @@ def test_fast_path_is_identical_on_ties_and_duplicates():
             assert torch.equal(group_indices(pts, num_groups=num, group_size=k, fast=True), group_indices(pts, num_groups=num, group_size=k))
 
 
+def shell_81():
+    """The integer points at squared distance exactly 81 from the origin, sorted: (1,4,8),
+    (4,4,7) and (0,0,9) in every order and with every sign."""
+    return sorted({
+        tuple(s * v for s, v in zip(signs, order))
+        for base in ((1, 4, 8), (4, 4, 7), (0, 0, 9))
+        for order in itertools.permutations(base)
+        for signs in itertools.product((1, -1), repeat=3)
+    })
+
+
 def test_fast_knn_keeps_the_lowest_indices_among_many_equally_near():
     """The fast kNN ranks only points within a bound on the k-th distance; every point at that
     distance must still be seen, so that the lowest indices win the ties."""
     needs_fast_path()
     rng = np.random.default_rng(3)
-    # 78 integer points at squared distance exactly 81 from the origin ((1,4,8), (4,4,7), (0,0,9)
-    # with every order and sign), shuffled among others: more equally near points than k
-    shell = {
-        tuple(s * v for s, v in zip(signs, order))
-        for base in ((1, 4, 8), (4, 4, 7), (0, 0, 9))
-        for order in itertools.permutations(base)
-        for signs in itertools.product((1, -1), repeat=3)
-    }
+    # the 78-point shell, shuffled among others: more equally near points than k
+    shell = shell_81()
     assert len(shell) == 78
-    points = np.concatenate([np.zeros((1, 3)), np.array(sorted(shell)), rng.uniform(-30, 30, size=(2000, 3))])
+    points = np.concatenate([np.zeros((1, 3)), np.array(shell), rng.uniform(-30, 30, size=(2000, 3))])
     points = points[np.r_[0, 1 + rng.permutation(len(points) - 1)]].astype(np.float32)
     points[-100:] = points[-200]  # and a hundred copies of one point
     centres = np.array([0, len(points) - 200, len(points) - 1, 7])
@@ -177,14 +182,8 @@ def test_fast_knn_with_more_ties_at_the_bound_than_it_ranks_by_counting():
     from modalmae.tokenizers.point_kernels import RANK_MAX
 
     rng = np.random.default_rng(4)
-    shell = [
-        tuple(s * v for s, v in zip(signs, order))
-        for base in ((1, 4, 8), (4, 4, 7), (0, 0, 9))
-        for order in sorted(set(itertools.permutations(base)))
-        for signs in itertools.product((1, -1), repeat=3)
-    ]
     near = rng.integers(-4, 5, size=(10, 3))  # squared distance at most 48
-    points = np.concatenate([np.zeros((1, 3)), np.array(sorted(set(shell)) * 4), near, rng.uniform(20, 30, size=(500, 3))])
+    points = np.concatenate([np.zeros((1, 3)), np.array(shell_81() * 4), near, rng.uniform(20, 30, size=(500, 3))])
     points = points[np.r_[0, 1 + rng.permutation(len(points) - 1)]].astype(np.float32)
     assert (distance32(points, points[0]) <= 81).sum() > RANK_MAX * 32
     assert np.array_equal(knn_fast(points, points[:1], 32), definition_knn(points, [0], 32))
