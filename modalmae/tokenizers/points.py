@@ -104,14 +104,14 @@ def knn_fast(points: np.ndarray, centres: np.ndarray, k: int) -> np.ndarray:
     return kernels.nearest_k(cloud, centres, k)
 
 
-def _fast_clouds(pts: Tensor, num_groups: int, group_size: int) -> np.ndarray:
-    """[B, N, 3] -> the clouds for the fast path, checked, with its message when numba is missing."""
-    fast_kernels()
+def _fast_clouds(pts: Tensor, num_groups: int, group_size: int) -> tuple[ModuleType, np.ndarray]:
+    """[B, N, 3] -> (the kernels, the clouds checked for them), with the message when numba is missing."""
+    kernels = fast_kernels()
     if pts.dtype != torch.float32:
         raise ValueError(f"the fast grouping path takes float32 points, got {pts.dtype}")
     clouds = _fast_array(pts.detach().cpu().numpy(), "clouds", batched=True)
     _check_counts(clouds.shape[1], centres=num_groups, neighbours=group_size)
-    return clouds
+    return kernels, clouds
 
 
 def _smallest(d: Tensor, k: int) -> Tensor:
@@ -173,8 +173,8 @@ def group_indices(points: Tensor, *, num_groups: int, group_size: int, fast: boo
     single = points.ndim == 2
     pts = points[None] if single else points
     if fast:
-        clouds = _fast_clouds(pts, num_groups, group_size)
-        index = torch.from_numpy(fast_kernels().group_clouds(clouds, num_groups, group_size)).to(pts.device)
+        kernels, clouds = _fast_clouds(pts, num_groups, group_size)
+        index = torch.from_numpy(kernels.group_clouds(clouds, num_groups, group_size)).to(pts.device)
     else:
         centre_idx = fps_torch(pts, num_groups)
         centres = torch.gather(pts, 1, centre_idx[..., None].expand(-1, -1, 3))
@@ -188,7 +188,7 @@ def group_points(points: Tensor, *, num_groups: int, group_size: int, fast: bool
     single = points.ndim == 2
     pts = points[None] if single else points
     if fast:
-        clouds, kernels = _fast_clouds(pts, num_groups, group_size), fast_kernels()
+        kernels, clouds = _fast_clouds(pts, num_groups, group_size)
         packed = kernels.pack_clouds(clouds, kernels.group_clouds(clouds, num_groups, group_size))
         grouped = torch.from_numpy(packed).to(pts.device)
     else:
