@@ -4,9 +4,11 @@
 
 1. Windowed decoding (seek to the keyframe before the clip, decode its span) against the naive
    route (decode every frame, then pick 16), per sample video; target >= 3x on 10 s clips.
-2. Clip preparation (crop, resize, flip, normalize of decoded frames): make_clip against the
-   order it replaced (the clip's frames gathered at full size, the crop made float through a
-   strided copy) and the older one (every frame float before cropping); target >= 1.8x.
+2. Clip preparation (crop, resize, flip, normalize of decoded frames): make_clip (crop, resize
+   and flip in 8 bits, as the reference's Pillow resize) against the route the throughput issue
+   measured (every frame float first, resized in float) and the one before make_clip resized in
+   8 bits (the crop made float first); target >= 1.8x; with glibc's default malloc and with the
+   thresholds loader workers use; and how far each is from Pillow's resize, in 8-bit levels.
 3. The loader (ShardStream + DataLoader, 1 and 2 workers, with and without modalmae.data.alloc's
    malloc thresholds in the workers) against the bare decode + crop of the same clips in this
    process under the same thresholds; target within ~10 % for one worker.
@@ -30,6 +32,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "pipelines"))
@@ -72,41 +75,66 @@ def windowed_vs_naive(media: Path, rounds: int) -> None:
 _MEAN, _STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
 
 
-def clip_before(frames: np.ndarray, rows: list[int], *, crop_size: int, rng: random.Random, crop_first: bool) -> torch.Tensor:
-    """make_clip as it was: the clip's frames gathered at full size (uint8), then the crop made
-    float through a strided permuted copy (``crop_first``), or every frame made float first."""
-    clip = torch.from_numpy(frames[rows])  # [T, H, W, C] uint8, full size
-    top, left, h, w = multiscale_crop_box(clip.shape[1], clip.shape[2], rng)
-    if crop_first:
-        video = clip[:, top : top + h, left : left + w].permute(3, 0, 1, 2).float().div_(255)
-    else:
-        video = clip.permute(3, 0, 1, 2).float().div_(255)[:, :, top : top + h, left : left + w]
-    video = F.interpolate(video, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
+def every_frame_float_first(frames: np.ndarray, rows: list[int], *, crop_size: int, rng: random.Random) -> torch.Tensor:
+    """The clip preparation the throughput issue measured: the clip's whole frames made float,
+    then cropped, resized bilinearly in float (without antialiasing), flipped and normalized."""
+    video = torch.from_numpy(frames[rows]).permute(3, 0, 1, 2).float().div_(255)
+    top, left, h, w = multiscale_crop_box(video.shape[2], video.shape[3], rng)
+    video = F.interpolate(video[:, :, top : top + h, left : left + w], size=(crop_size, crop_size), mode="bilinear", align_corners=False)
     if rng.random() < 0.5:
         video = video.flip(-1)
     return (video - _MEAN) / _STD
 
 
-def clip_preparation(media: Path, rounds: int, crop: int) -> None:
+def float_crop(frames: np.ndarray, rows: list[int], *, crop_size: int, rng: random.Random) -> torch.Tensor:
+    """The make_clip before the 8-bit resize: the crop cut from the uint8 frames straight into a
+    float tensor, then the same float resize (bit-identical to the one above)."""
+    top, left, h, w = multiscale_crop_box(frames.shape[1], frames.shape[2], rng)
+    video = torch.empty((3, len(rows), h, w))
+    for t, row in enumerate(rows):
+        video[:, t].copy_(torch.from_numpy(frames[row, top : top + h, left : left + w]).permute(2, 0, 1))
+    video = F.interpolate(video.div_(255), size=(crop_size, crop_size), mode="bilinear", align_corners=False)
+    if rng.random() < 0.5:
+        video = video.flip(-1)
+    return video.sub_(_MEAN).div_(_STD)
+
+
+def pillow_levels(frames: np.ndarray, rows: list[int], *, crop_size: int, rng: random.Random) -> torch.Tensor:
+    """VideoMAE's reference resize (Pillow's bilinear on each 8-bit frame), in levels 0-255."""
+    top, left, h, w = multiscale_crop_box(frames.shape[1], frames.shape[2], rng)
+    images = [Image.fromarray(frames[r]).crop((left, top, left + w, top + h)).resize((crop_size, crop_size), Image.Resampling.BILINEAR) for r in rows]
+    if rng.random() < 0.5:
+        images = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images]
+    return torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(3, 0, 1, 2).float()
+
+
+def clip_preparation(media: Path, rounds: int, crop: int, tuned: bool) -> None:
     torch.set_num_threads(1)  # as in a loader worker
-    print(f"clip preparation, 16 frames -> 3 x 16 x {crop} x {crop}, training crop + flip, 1 thread (ms per clip; speed-up of make_clip, median (range) of {rounds} alternating rounds)")
+    if tuned:
+        tune_malloc()
+    print(f"clip preparation, 16 frames -> 3 x 16 x {crop} x {crop}, training crop + flip, 1 thread, {'tuned' if tuned else 'default'} malloc"
+          f" (ms per clip; speed-up of make_clip, median (range) of {rounds} alternating rounds)")
     for path in sorted(media.glob("*.mp4")):
         data = path.read_bytes()
         total, _ = probe_pyav(data)
         frames = decode_pyav(data, clip_indices(total, num_frames=16, stride=4, rng=None))
         rows = list(range(len(frames)))
         seed = random.Random(0)
-        for _ in range(3):  # the outputs are identical (tests/streaming/test_video_crop_order.py); checked here too
-            s = seed.random()
-            assert torch.equal(make_clip(frames, rows=rows, crop_size=crop, rng=random.Random(s), flip=True), clip_before(frames, rows, crop_size=crop, rng=random.Random(s), crop_first=True))
         t = alternate({
-            "every frame float first": lambda: clip_before(frames, rows, crop_size=crop, rng=random.Random(seed.random()), crop_first=False),
-            "before (crop first)": lambda: clip_before(frames, rows, crop_size=crop, rng=random.Random(seed.random()), crop_first=True),
+            "every frame float first": lambda: every_frame_float_first(frames, rows, crop_size=crop, rng=random.Random(seed.random())),
+            "float crop": lambda: float_crop(frames, rows, crop_size=crop, rng=random.Random(seed.random())),
             "make_clip": lambda: make_clip(frames, rows=rows, crop_size=crop, rng=random.Random(seed.random()), flip=True),
         }, rounds)
         ms = "  ".join(f"{name} {1000 * statistics.median(v):6.1f}" for name, v in t.items())
         print(f"  {path.name:24s} {frames.shape[2]}x{frames.shape[1]}: {ms}")
-        print(f"  {'':24s} make_clip vs before: {ratio(t['before (crop first)'], t['make_clip'])}   vs every frame float first: {ratio(t['every frame float first'], t['make_clip'])}")
+        print(f"  {'':24s} make_clip vs every frame float first: {ratio(t['every frame float first'], t['make_clip'])}   vs float crop: {ratio(t['float crop'], t['make_clip'])}")
+        if not tuned:  # the values once: how far each is from the reference's Pillow resize, in levels (0-255)
+            s = seed.random()
+            want = pillow_levels(frames, rows, crop_size=crop, rng=random.Random(s))
+            ours = make_clip(frames, rows=rows, crop_size=crop, rng=random.Random(s), flip=True) * _STD * 255 + _MEAN * 255
+            old = float_crop(frames, rows, crop_size=crop, rng=random.Random(s)) * _STD * 255 + _MEAN * 255
+            print(f"  {'':24s} levels from Pillow's resize, max / mean: make_clip {(ours - want).abs().max():.1f} / {(ours - want).abs().mean():.3f}"
+                  f"   float crop {(old - want).abs().max():.1f} / {(old - want).abs().mean():.3f}")
 
 
 def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches: int, batch_size: int, crop: int) -> None:
@@ -173,7 +201,8 @@ def main() -> None:
     if not args.media.is_dir():
         parser.error(f"--media {args.media}: not a folder of sample videos")
     windowed_vs_naive(args.media, args.rounds)
-    clip_preparation(args.media, args.rounds * 3, args.crop)
+    for tuned in (False, True):  # each in a child: malloc thresholds set there stay there
+        forked(lambda: clip_preparation(args.media, args.rounds * 3, args.crop, tuned))
     if not args.skip_loader:
         with tempfile.TemporaryDirectory() as tmp:
             loader_vs_bare(args.media, Path(tmp), copies=args.copies, rounds=args.rounds, batches=args.batches, batch_size=args.batch_size, crop=args.crop)

@@ -191,15 +191,18 @@ def test_decoding_stops_after_max_frames():
         decode_pyav(CLIP, [0], max_pixels=1000)
 
 
-def test_clips_are_cropped_before_they_become_float():
+def test_clips_are_cropped_and_resized_before_they_become_float(monkeypatch):
+    """Only the output clip is ever float: the resize gets the 8-bit crop, not the frames.
+    (Its values against the reference's resize: tests/streaming/test_video_resize.py.)"""
     frames = np.random.default_rng(0).integers(0, 256, (4, 144, 176, 3), dtype=np.uint8)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+    resized, interpolate = [], torch.nn.functional.interpolate
+    monkeypatch.setattr(torch.nn.functional, "interpolate", lambda x, **kw: resized.append((x.dtype, tuple(x.shape))) or interpolate(x, **kw))
     for seed in range(5):
         clip = make_clip(frames, crop_size=64, rng=random.Random(seed), flip=False)
-        top, left, h, w = video_loader.multiscale_crop_box(144, 176, random.Random(seed))
-        whole = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(255)  # [C, T, H, W]: what it used to convert
-        reference = torch.nn.functional.interpolate(whole[:, :, top : top + h, left : left + w], size=(64, 64), mode="bilinear", align_corners=False)
-        assert torch.equal(clip, (reference - mean) / std)
+        _, _, h, w = video_loader.multiscale_crop_box(144, 176, random.Random(seed))
+        assert resized[-1] == (torch.uint8, (4, 3, h, w))
+        assert clip.dtype == torch.float32 and clip.shape == (3, 4, 64, 64)
+    assert len(resized) == 5
 
 
 # ----------------------------------------------------------------------------- audio and points
