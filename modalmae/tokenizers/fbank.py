@@ -181,4 +181,4 @@ class AudioFrontend:
         )[: self.num_frames]
         if fbank.shape[0] < self.num_frames:
             fbank = F.pad(fbank, (0, 0, 0, self.num_frames - fbank.shape[0]), value=self.pad_value)
-        return (fbank - self.mean) / (2 * self.std)
+        return fbank.sub_(self.mean).div_(2 * self.std)  # in place: the log-mel is ours
