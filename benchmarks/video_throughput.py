@@ -11,7 +11,9 @@
    thresholds loader workers use; and how far each is from Pillow's resize, in 8-bit levels.
 3. The loader (ShardStream + DataLoader, 1 and 2 workers, with and without modalmae.data.alloc's
    malloc thresholds in the workers) against the bare decode + crop of the same clips in this
-   process under the same thresholds; target within ~10 % for one worker.
+   process under the same thresholds; target within ~10 % for one worker. And the clips leaving
+   the workers in 8 bits (what the recipes do), normalized here as model_input does, against
+   float clips.
 Every comparison alternates its variants in rounds and prints the median of the per-round ratios
 with their range (min-max): this machine's speed drifts, so only side-by-side ratios are fair.
 Training-step timings (ours against transformers' VideoMAEForPreTraining) are in
@@ -52,6 +54,7 @@ from modalmae.data.video import (
     multiscale_crop_box,
     probe_pyav,
 )
+from modalmae.modalities import MODALITIES, model_input
 from modalmae.tokenizers.base import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -146,7 +149,7 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
     out = root / "shards"
     build_shards(["--modality", "video", "--input", str(raw), "--output", str(out), "--max-count", "2", "--quiet"])
     shards = resolve_shards(out)
-    decode = VideoDecoder(crop_size=crop)
+    decode, eight_bit = VideoDecoder(crop_size=crop), VideoDecoder(crop_size=crop, eight_bit=True)
     samples = [s for url in shards.urls for s in iter_shard(url)]
     clips = batches * batch_size
 
@@ -155,14 +158,16 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
         rng = random.Random(0)
         return clips / timed(lambda: [decode(samples[i % len(samples)], rng) for i in range(clips)])
 
-    def loader(workers: int, tuned: bool) -> float:
-        dl = make_loader(ShardStream(shards, decode, shuffle_buffer=4), batch_size=batch_size, num_workers=workers)
+    def loader(workers: int, tuned: bool, eight: bool = False) -> float:
+        """8-bit clips are normalized here, as model_input does on the device of a CPU run."""
+        dl = make_loader(ShardStream(shards, eight_bit if eight else decode, shuffle_buffer=4), batch_size=batch_size, num_workers=workers)
         if not tuned:
             dl.worker_init_fn = None  # make_loader's workers tune malloc (tune_worker); set before they start
         it = iter(dl)
         for _ in range(workers):
             next(it)  # start-up and the first prefetch are not timed
-        rate = clips / timed(lambda: [next(it) for _ in range(batches)])
+        get = (lambda: model_input(MODALITIES["video"], next(it), "cpu")) if eight else (lambda: next(it))
+        rate = clips / timed(lambda: [get() for _ in range(batches)])
         del it
         return rate
 
@@ -172,6 +177,8 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
         "loader, 1 worker, default malloc": lambda: loader(1, False),
         "loader, 1 worker, tuned malloc": lambda: loader(1, True),
         "loader, 2 workers, tuned malloc": lambda: loader(2, True),
+        "loader, 1 worker, 8-bit clips": lambda: loader(1, True, eight=True),
+        "loader, 2 workers, 8-bit clips": lambda: loader(2, True, eight=True),
     }
     torch.set_num_threads(1)  # as in the workers, and no OpenMP pool running when children fork
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -186,6 +193,8 @@ def loader_vs_bare(media: Path, root: Path, *, copies: int, rounds: int, batches
     print(f"  bare: tuned vs default malloc:                 {ratio(secs['bare, default malloc'], secs['bare, tuned malloc'])}")
     print(f"  1 worker: tuned vs default malloc:             {ratio(secs['loader, 1 worker, default malloc'], secs['loader, 1 worker, tuned malloc'])}")
     print(f"  2 workers vs 1 worker (tuned):                 {ratio(secs['loader, 1 worker, tuned malloc'], secs['loader, 2 workers, tuned malloc'])}")
+    for workers in ("1 worker", "2 workers"):
+        print(f"  {workers}: 8-bit vs float clips:{' ' * (15 - len(workers))}{ratio(secs[f'loader, {workers}, tuned malloc'], secs[f'loader, {workers}, 8-bit clips'])}")
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from modalmae.data.audio import AudioDecoder
 from modalmae.data.image import ImageDecoder
 from modalmae.data.mri import MRIDecoder
 from modalmae.data.points import PointDecoder
-from modalmae.data.video import VideoDecoder
+from modalmae.data.video import VideoDecoder, normalize_clip
 from modalmae.masking import Masks, completion_masks, dirichlet_masking, random_masking, tube_masking
 from modalmae.model import MAEOutput
 from modalmae.model.multisequence import sequence_losses
@@ -71,6 +71,9 @@ class ModalitySpec:
     # Other kinds of shards whose samples hold this modality's entry too (audio: the FLAC that
     # build_shards.py --modality video --extract-audio adds), which its decoder reads as well
     reads: tuple[str, ...] = field(default=())
+    # Inputs that may travel from the loader in 8 bits, and what makes them model-ready on the
+    # device (video: clips normalized there, ``VideoDecoder(eight_bit=True)``)
+    on_device: tuple[tuple[str, Callable[[Tensor], Tensor]], ...] = field(default=())
 
     @property
     def shard_kinds(self) -> tuple[str, ...]:
@@ -121,6 +124,7 @@ MODALITIES: dict[str, ModalitySpec] = {
             recipe="video_mae.py",
             builder=video_shards.BUILDER, tokenizer=VideoTubes, decoder=VideoDecoder.from_checkpoint,
             input_keys=("video",), mask_ratio=0.9, masking=_tubes, picture=viz.draw_video, decoder_options=("sampling_rate",),
+            on_device=(("video", normalize_clip),),
         ),
         ModalitySpec(  # Point-MAE: point groups, 60% random masking, Chamfer loss
             name="points",
@@ -162,15 +166,19 @@ def spec_of(config: dict) -> ModalitySpec:
 def model_input(spec: ModalitySpec, batch: dict, device: torch.device | str, *, rows: slice = slice(None)):
     """The model's input from a batch: ``batch[key]``, or {key: batch[key]} for several keys,
     on ``device`` (``rows``: a part of the batch); floats that travelled in 16 bits
-    (``modalmae.data.stream.CastFloats``) become fp32 there."""
+    (``modalmae.data.stream.CastFloats``) become fp32 there, and 8-bit inputs go through the
+    spec's ``on_device`` function (video clips are normalized)."""
+    finish = dict(spec.on_device)
 
-    def moved(value: Tensor) -> Tensor:
-        value = value[rows].to(device, non_blocking=True)
+    def moved(key: str) -> Tensor:
+        value = batch[key][rows].to(device, non_blocking=True)
+        if value.dtype == torch.uint8 and key in finish:
+            return finish[key](value)
         return value.float() if value.is_floating_point() and value.element_size() < 4 else value
 
     if len(spec.input_keys) == 1:
-        return moved(batch[spec.input_keys[0]])
-    return {key: moved(batch[key]) for key in spec.input_keys}
+        return moved(spec.input_keys[0])
+    return {key: moved(key) for key in spec.input_keys}
 
 
 def decoder_for(config: dict, *, train: bool, **options) -> tuple[ModalitySpec, Any]:

@@ -65,7 +65,7 @@ def build(cfg: AVMAEConfig) -> JointPretraining:
 
     def decoder(train: bool) -> AVDecoder:
         return AVDecoder(
-            video=cfg.video_decoder(train=train), frontend=frontend, audio_seconds=cfg.audio_seconds, train=train, max_window_values=cfg.max_audio_values,
+            video=cfg.video_decoder(train=train, eight_bit=True), frontend=frontend, audio_seconds=cfg.audio_seconds, train=train, max_window_values=cfg.max_audio_values,
         )
 
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss)

@@ -46,8 +46,10 @@ class VideoMAEConfig(ClipOptions, ColorOptions, PretrainConfig):
 def build(cfg: VideoMAEConfig) -> Pretraining:
     if cfg.masking == "motion" and cfg.mask_ratio.per_sample:
         raise SystemExit("error: --masking motion needs one --mask-ratio for every sample (not uniform:LOW:HIGH)")
+    # Clips leave the loader workers in 8 bits and are normalized on the device (model_input).
     decode = cfg.video_decoder(
         clips_per_video=cfg.repeated_aug, motion=cfg.masking == "motion", tubelet_size=cfg.tubelet_size, patch_size=cfg.patch_size,
+        eight_bit=True,
     )
     # VideoMAE's decoder (4 blocks, narrower than MAE's) for the standard sizes.
     model_cfg = PRESETS[cfg.model](norm_pix_loss=cfg.norm_pix_loss, **VIDEOMAE_DECODERS.get(cfg.model, {}))

@@ -209,11 +209,20 @@ _SCALE = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(3, 1, 1, 1)
 _SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1, 1)
 
 
+def normalize_clip(clip: torch.Tensor) -> torch.Tensor:
+    """8-bit clips [..., 3, T, H, W] (one or a batch, on any device) -> ImageNet-normalized float32."""
+    if clip.dtype != torch.uint8:
+        raise TypeError(f"normalize_clip takes uint8 clips, not {clip.dtype}")
+    return clip.float().mul_(_SCALE.to(clip.device)).add_(_SHIFT.to(clip.device))
+
+
 def make_clip(
     frames: np.ndarray, *, crop_size: int, rng: random.Random | None, flip: bool, rows: list[int] | None = None,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> normalized float32 [3, T, crop, crop], from the frames at ``rows``
-    (all N in order when None; T = len(rows)).
+    (all N in order when None; T = len(rows)); ``normalize=False``: the uint8 clip, which
+    ``normalize_clip`` turns into the same floats later (on the training device).
 
     With rng: multi-scale crop + optional flip; without (evaluation): centre crop of the short side.
     The crop is resized as VideoMAE's reference resizes it (Pillow's bilinear filter on 8-bit
@@ -234,17 +243,23 @@ def make_clip(
         clip = F.interpolate(clip, size=(crop_size, crop_size), mode="bilinear", antialias=True, align_corners=False)
     if rng is not None and flip and rng.random() < 0.5:
         clip = clip.flip(-1)
-    return clip.transpose(0, 1).contiguous().float().mul_(_SCALE).add_(_SHIFT)
+    clip = clip.transpose(0, 1).contiguous()
+    return normalize_clip(clip) if normalize else clip
 
 
 class VideoDecoder:
     """Raw shard sample -> K clip items {"video": [3, T, S, S], "label"} (+ "motion"
-    [T / tubelet_size, S / patch_size, S / patch_size, 2] with ``motion=True``); picklable for workers."""
+    [T / tubelet_size, S / patch_size, S / patch_size, 2] with ``motion=True``); picklable for workers.
+
+    ``eight_bit``: the clips stay uint8 (resized and flipped, not normalized), a quarter of the
+    bytes through the loader's shared memory; ``modalmae.modalities.model_input`` normalizes
+    them on the device (``normalize_clip``), to the same values. The recipes train this way.
+    """
 
     def __init__(
         self, *, num_frames: int = 16, stride: int = 4, crop_size: int = 224, clips_per_video: int = 1,
         flip: bool = True, backend: str = "pyav", train: bool = True, max_pixels: int = MAX_FRAME_PIXELS, max_frames: int = MAX_FRAMES,
-        motion: bool = False, tubelet_size: int = 2, patch_size: int = 16,
+        motion: bool = False, tubelet_size: int = 2, patch_size: int = 16, eight_bit: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -253,7 +268,7 @@ class VideoDecoder:
         self.motion, self.tubelet_size, self.patch_size = motion, tubelet_size, patch_size
         self.num_frames, self.stride, self.crop_size = num_frames, stride, crop_size
         self.clips_per_video, self.flip, self.backend, self.train = clips_per_video, flip, backend, train
-        self.max_pixels, self.max_frames = max_pixels, max_frames
+        self.max_pixels, self.max_frames, self.eight_bit = max_pixels, max_frames, eight_bit
 
     @classmethod
     def from_checkpoint(cls, config: dict, *, train: bool, sampling_rate: int | None = None) -> VideoDecoder:
@@ -272,7 +287,8 @@ class VideoDecoder:
 
     def cut(self, sample: dict, rng: random.Random) -> tuple[dict, list[tuple[list[int], torch.Tensor]]]:
         """The sample's json, and per clip its frame indices (frame i is at i / fps from the
-        stream's start) with its float32 [3, T, S, S] tensor; one decode serves all K clips."""
+        stream's start) with its [3, T, S, S] tensor (float32, uint8 when ``eight_bit``); one
+        decode serves all K clips."""
         data = sample[video_field(sample)]
         check_frame_size(*frame_size(data), self.max_pixels)  # before any backend decodes a frame
         meta = json.loads(sample["json"]) if "json" in sample else {}
@@ -283,7 +299,7 @@ class VideoDecoder:
         frames = self.decode(data, union)  # [len(union), H, W, 3]
         where = {index: row for row, index in enumerate(union)}
         return meta, [
-            (clip, make_clip(frames, rows=[where[i] for i in clip], crop_size=self.crop_size, rng=crop_rng, flip=self.flip))
+            (clip, make_clip(frames, rows=[where[i] for i in clip], crop_size=self.crop_size, rng=crop_rng, flip=self.flip, normalize=not self.eight_bit))
             for clip in clips
         ]
 
@@ -292,7 +308,8 @@ class VideoDecoder:
         items = [{"video": video, "label": meta.get("label")} for _, video in clips]
         if self.motion:
             for item in items:
-                item["motion"] = clip_motion(item["video"], tubelet_size=self.tubelet_size, patch_size=self.patch_size)
+                video = normalize_clip(item["video"]) if self.eight_bit else item["video"]
+                item["motion"] = clip_motion(video, tubelet_size=self.tubelet_size, patch_size=self.patch_size)
         return items
 
 
@@ -310,11 +327,13 @@ class ClipOptions:
 
     def video_decoder(
         self, *, train: bool = True, clips_per_video: int = 1, motion: bool = False, tubelet_size: int = 2, patch_size: int = 16,
+        eight_bit: bool = False,
     ) -> VideoDecoder:
         """The decoder these flags describe; with ``motion`` each clip's token motion too, on the
-        tokenizer's grid (``tubelet_size``, ``patch_size``)."""
+        tokenizer's grid (``tubelet_size``, ``patch_size``); ``eight_bit``: uint8 clips (see
+        ``VideoDecoder``)."""
         return VideoDecoder(
             num_frames=self.num_frames, stride=self.sampling_rate, crop_size=self.input_size, clips_per_video=clips_per_video,
             flip=self.flip, backend=self.video_backend, train=train, max_pixels=self.max_frame_pixels, max_frames=self.max_frames,
-            motion=motion, tubelet_size=tubelet_size, patch_size=patch_size,
+            motion=motion, tubelet_size=tubelet_size, patch_size=patch_size, eight_bit=eight_bit,
         )
