@@ -6,6 +6,8 @@ training steps of the tiny and base models. Prints figures; asserts nothing.
 Shards are built in a temporary folder from real speech (tests/data/audio by default),
 each file copied --copies times so there are enough clips and shards for two workers.
 Targets: the loader with one worker within ~10 % of the bare cost; two workers >= 1.7x one.
+The loader also runs in this process (no worker), which splits its cost per clip into reading
+(tar, sha256, shuffle, collate) and the batch's way out of a worker.
 The bare baseline runs under the same malloc thresholds as the loader workers
 (modalmae.data.alloc; each bare run in a forked child, so the parent and the workers it forks
 keep glibc's defaults), and the thresholds' own gain is measured on both. All variants
@@ -124,6 +126,7 @@ def main() -> None:
         variants = {
             "bare decode + fbank, default malloc": lambda: forked(lambda: bare(shards, frontend, clips)),
             "bare decode + fbank, tuned malloc": lambda: forked(lambda: (tune_malloc(), bare(shards, frontend, clips))[1]),
+            "loader, no worker, tuned malloc": lambda: forked(lambda: (tune_malloc(), loader_rate(**loader, workers=0))[1]),
             "loader, 1 worker, default malloc": lambda: loader_rate(**loader, workers=1, tuned=False),
             "loader, 1 worker, tuned malloc": lambda: loader_rate(**loader, workers=1),
             "loader, 2 workers, tuned malloc": lambda: loader_rate(**loader, workers=2),
@@ -140,6 +143,10 @@ def main() -> None:
         for name, v in rates.items():
             print(f"  {name:36s} {statistics.median(v):7.1f} clips/s")
         print(f"  loader 1 worker vs bare, both tuned (1 = no overhead): {ratio(secs['bare decode + fbank, tuned malloc'], secs['loader, 1 worker, tuned malloc'])}")
+        ms = {name: 1000 * statistics.median(v) for name, v in secs.items()}
+        bare_ms, inline_ms, worker_ms = ms["bare decode + fbank, tuned malloc"], ms["loader, no worker, tuned malloc"], ms["loader, 1 worker, tuned malloc"]
+        print(f"  ms a clip: decode + fbank {bare_ms:.2f}; + reading, verifying, shuffling, collating (the loader in this process) {inline_ms - bare_ms:.2f};"
+              f" + leaving a worker {worker_ms - inline_ms:.2f}")
         print(f"  bare: tuned vs default malloc:                        {ratio(secs['bare decode + fbank, default malloc'], secs['bare decode + fbank, tuned malloc'])}")
         print(f"  loader 1 worker: tuned vs default malloc:             {ratio(secs['loader, 1 worker, default malloc'], secs['loader, 1 worker, tuned malloc'])}")
         print(f"  loader 2 workers vs 1 worker (tuned):                 {ratio(secs['loader, 1 worker, tuned malloc'], secs['loader, 2 workers, tuned malloc'])}")
